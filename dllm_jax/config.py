@@ -1,0 +1,211 @@
+"""Frozen, typed, eagerly validated configs.
+
+Every config is a frozen dataclass; ``__post_init__`` raises ``ValueError`` naming the bad
+field, its value and what was expected. Experiments are functions returning configs; CLI
+overrides are parsed only in ``experiments/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal, NamedTuple
+
+ATTENTION_KINDS = ("bidirectional", "causal", "block_causal")
+SCHEDULE_KINDS = ("loglinear", "cosine", "polynomial")
+PROCESS_KINDS = ("masked", "uniform", "ar")
+DTYPES = ("float32", "bfloat16")
+NUM_SPECIAL_TOKENS = 3  # pad, bos, mask — appended after the ordinary tokens.
+
+
+class SpecialIds(NamedTuple):
+    pad: int
+    bos: int
+    mask: int
+
+
+def special_ids(num_tokens: int) -> SpecialIds:
+    """Ids of the special tokens, which follow the ``num_tokens`` ordinary ones."""
+    return SpecialIds(pad=num_tokens, bos=num_tokens + 1, mask=num_tokens + 2)
+
+
+def _positive_int(obj, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(
+                f"{type(obj).__name__}.{name} must be a positive integer, got {value!r}"
+            )
+
+
+def _one_of(obj, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(obj, name)
+    if value not in allowed:
+        raise ValueError(
+            f"{type(obj).__name__}.{name} must be one of {allowed}, got {value!r}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Transformer backbone.
+
+    Attributes:
+      num_tokens: ordinary tokens, ids ``[0, num_tokens)``; the model predicts these only.
+        Special ids (pad, bos, mask) follow, see ``special_ids``.
+      max_len: longest sequence the rotary tables and masks are built for.
+      d_model, num_layers, num_heads: sizes; ``d_model`` must be divisible by ``num_heads``.
+      mlp_dim: SwiGLU hidden width (default ``4 * d_model``).
+      attention: ``bidirectional`` (diffusion), ``causal`` (AR), ``block_causal`` (block
+        diffusion; blocks of ``block_size`` positions attend to themselves and the past).
+      time_conditioning: adaptive layer norm on t (DiT-style adaLN-Zero, as in SEDD/MDLM).
+      dtype: compute dtype; parameters are always stored in float32.
+      vocab_multiple: the embedding table is padded to a multiple of this (TPU-friendly).
+    """
+
+    num_tokens: int
+    max_len: int = 128
+    d_model: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    mlp_dim: int | None = None
+    attention: Literal["bidirectional", "causal", "block_causal"] = "bidirectional"
+    block_size: int = 1
+    time_conditioning: bool = False
+    time_embed_dim: int = 128
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    rope_theta: float = 10_000.0
+    vocab_multiple: int = 1
+    remat: bool = False
+
+    def __post_init__(self):
+        _positive_int(
+            self, "num_tokens", "max_len", "d_model", "num_layers", "num_heads",
+            "block_size", "time_embed_dim", "vocab_multiple",
+        )
+        if self.mlp_dim is not None:
+            _positive_int(self, "mlp_dim")
+        if self.num_tokens < 2:
+            raise ValueError(
+                f"ModelConfig.num_tokens must be >= 2 ordinary tokens, got {self.num_tokens}"
+            )
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"ModelConfig.num_heads={self.num_heads} must divide d_model={self.d_model}"
+            )
+        if (self.d_model // self.num_heads) % 2:
+            raise ValueError(
+                f"head dim d_model/num_heads={self.d_model // self.num_heads} must be even "
+                "for rotary embeddings"
+            )
+        _one_of(self, "attention", ATTENTION_KINDS)
+        _one_of(self, "dtype", DTYPES)
+        if self.rope_theta <= 0:
+            raise ValueError(f"ModelConfig.rope_theta must be > 0, got {self.rope_theta}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.mlp_dim or 4 * self.d_model
+
+    @property
+    def special(self) -> SpecialIds:
+        return special_ids(self.num_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the input embedding: ordinary tokens + specials, rounded up."""
+        n = self.num_tokens + NUM_SPECIAL_TOKENS
+        return int(math.ceil(n / self.vocab_multiple) * self.vocab_multiple)
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseConfig:
+    """The training objective: a noise process with its schedule, or the AR baseline.
+
+    Attributes:
+      process: ``masked`` (absorbing), ``uniform`` or ``ar``.
+      schedule: ``loglinear`` (alpha = 1 - t), ``cosine`` or ``polynomial``.
+      exponent: the polynomial schedule's power (alpha = 1 - t**exponent).
+      t_min: training times are drawn from [t_min, 1] (masked) or [t_min, 1 - t_min]
+        (uniform); the loss is the ELBO integral over that range, unbiased for it.
+    """
+
+    process: Literal["masked", "uniform", "ar"] = "masked"
+    schedule: Literal["loglinear", "cosine", "polynomial"] = "loglinear"
+    exponent: float = 1.0
+    t_min: float = 1e-3
+
+    def __post_init__(self):
+        _one_of(self, "process", PROCESS_KINDS)
+        _one_of(self, "schedule", SCHEDULE_KINDS)
+        if not self.exponent > 0:
+            raise ValueError(f"NoiseConfig.exponent must be > 0, got {self.exponent}")
+        if not 0 <= self.t_min < 0.5:
+            raise ValueError(f"NoiseConfig.t_min must be in [0, 0.5), got {self.t_min}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh shape; -1 in one axis means 'all remaining devices'."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+    def __post_init__(self):
+        sizes = (self.data, self.fsdp, self.tensor)
+        if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
+            raise ValueError(
+                f"MeshConfig sizes must be positive (one may be -1), got data={self.data}, "
+                f"fsdp={self.fsdp}, tensor={self.tensor}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation: AdamW, linear warmup + cosine decay, clipping, optional EMA."""
+
+    batch_size: int = 32
+    seq_len: int = 128
+    steps: int = 1000
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.98
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        _positive_int(self, "batch_size", "seq_len", "steps")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(
+                f"TrainConfig.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}"
+            )
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not self.grad_clip > 0:
+            raise ValueError(f"TrainConfig.grad_clip must be > 0, got {self.grad_clip}")
+        for name in ("b1", "b2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+def check_sequence_length(seq_len: int, model: ModelConfig) -> None:
+    """Raise if sequences of ``seq_len`` do not fit the model."""
+    if seq_len > model.max_len:
+        raise ValueError(
+            f"sequence length {seq_len} exceeds the model's max_len={model.max_len}"
+        )

@@ -1,0 +1,43 @@
+"""Noise schedules, noise processes with their ELBOs, and the AR objective."""
+
+from __future__ import annotations
+
+from dllm_jax.config import NoiseConfig, special_ids
+from dllm_jax.diffusion.autoregressive import ARObjective, shift_right
+from dllm_jax.diffusion.base import NoiseProcess, Objective, stratified_uniforms
+from dllm_jax.diffusion.masked import MaskedProcess
+from dllm_jax.diffusion.oracle import all_sequences, oracle_denoiser, sequence_index
+from dllm_jax.diffusion.schedules import Cosine, LogLinear, Polynomial, Schedule, make_schedule
+from dllm_jax.diffusion.uniform import UniformProcess
+
+
+def make_objective(config: NoiseConfig, num_tokens: int) -> Objective:
+    """The objective a config names, for a model with ``num_tokens`` ordinary tokens."""
+    ids = special_ids(num_tokens)
+    schedule = make_schedule(config.schedule, config.exponent)
+    makers = {
+        "masked": lambda: MaskedProcess(num_tokens, schedule, config.t_min, mask_id=ids.mask),
+        "uniform": lambda: UniformProcess(num_tokens, schedule, config.t_min),
+        "ar": lambda: ARObjective(num_tokens, ids.bos),
+    }
+    return makers[config.process]()
+
+
+__all__ = [
+    "ARObjective",
+    "Cosine",
+    "LogLinear",
+    "MaskedProcess",
+    "NoiseProcess",
+    "Objective",
+    "Polynomial",
+    "Schedule",
+    "UniformProcess",
+    "all_sequences",
+    "make_objective",
+    "make_schedule",
+    "oracle_denoiser",
+    "sequence_index",
+    "shift_right",
+    "stratified_uniforms",
+]

@@ -1,0 +1,92 @@
+"""The objective interface shared by noise processes and the AR baseline.
+
+A noise process is a frozen dataclass with pure methods. ``elbo_terms`` is the integrand
+of the continuous-time negative ELBO at time t, per position (nats), so that
+
+    -log p(x) <= integral_0^1 E_{x_t ~ q_t(.|x)} [ sum_l elbo_terms(x_t, x, t)_l ] dt.
+
+Any process that defines the forward marginal ``likelihood`` q_t(x_t^l | x_0^l = a) gets
+the exact oracle (``dllm_jax.diffusion.oracle``) and every sampler and evaluation for free.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from dllm_jax.diffusion.schedules import Schedule
+
+ApplyFn = Callable[[jax.Array, jax.Array | None], jax.Array]  # (tokens_BL, t_B) -> logits_BLV
+
+
+class Objective(abc.ABC):
+    """Anything trainable: ``training_loss`` returns per-position losses in nats."""
+
+    num_tokens: int
+
+    @abc.abstractmethod
+    def training_loss(self, apply_fn: ApplyFn, keys_B, tokens_BL, loss_mask_BL, u_B):
+        """Per-position loss (B, L) in nats, zero outside ``loss_mask_BL``.
+
+        Args:
+          apply_fn: (tokens_BL, t_B) -> logits_BLV over the ordinary tokens.
+          keys_B: one PRNG key per example (derived from seed, example index and step).
+          tokens_BL: clean tokens; positions outside the loss mask are kept as they are.
+          loss_mask_BL: True where the token is modelled (not padding, not a fixed prompt).
+          u_B: stratified uniforms in [0, 1) that set each example's time.
+        """
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseProcess(Objective):
+    """Forward corruption q(x_t | x_0), factorised over positions, with its ELBO."""
+
+    num_tokens: int
+    schedule: Schedule
+    t_min: float = 1e-3
+
+    @property
+    def t_max(self) -> float:
+        return 1.0
+
+    @abc.abstractmethod
+    def likelihood(self, noisy_BL, t_B):
+        """q_t(x_t^l | x_0^l = a) for every clean token a: shape (B, L, num_tokens)."""
+
+    @abc.abstractmethod
+    def corrupt(self, keys_B, tokens_BL, t_B):
+        """Draw x_t ~ q_t(. | x_0) independently per position."""
+
+    @abc.abstractmethod
+    def prior(self, keys_B, length: int):
+        """Draw x_1, the fully corrupted sequence, shape (B, length)."""
+
+    @abc.abstractmethod
+    def elbo_terms(self, logits_BLV, tokens_BL, noisy_BL, t_B):
+        """Integrand of the negative ELBO at t, per position (B, L), nats."""
+
+    def times(self, u_B):
+        """Map uniforms to training times in [t_min, t_max]."""
+        return self.t_min + (self.t_max - self.t_min) * u_B
+
+    def training_loss(self, apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B):
+        t_B = self.times(u_B)
+        noisy_BL = jnp.where(loss_mask_BL, self.corrupt(keys_B, tokens_BL, t_B), tokens_BL)
+        logits_BLV = apply_fn(noisy_BL, t_B)
+        # (t_max - t_min) * integrand at a uniform time: unbiased for the truncated integral.
+        terms_BL = (self.t_max - self.t_min) * self.elbo_terms(logits_BLV, tokens_BL, noisy_BL, t_B)
+        return jnp.where(loss_mask_BL, terms_BL, 0.0)
+
+
+def per_example_uniform(keys_B, shape):
+    """Uniforms of ``shape`` for each example from its own key: (B, *shape)."""
+    return jax.vmap(lambda k: jax.random.uniform(k, shape))(keys_B)
+
+
+def stratified_uniforms(key, batch: int):
+    """u_i = (i + U) / B with one shared U: antithetic/stratified times over the global batch."""
+    return (jnp.arange(batch) + jax.random.uniform(key)) / batch

@@ -1,0 +1,76 @@
+"""Multi-head attention whose mask kind is a parameter: bidirectional, causal, block-causal."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dllm_jax.nn.layers import Linear, apply_rotary, param
+from dllm_jax.sharding import constrain
+
+
+def attention_mask(kind: str, q_len: int, kv_len: int | None = None, block_size: int = 1):
+    """Boolean (q_len, kv_len) mask, True where query i may attend to key j.
+
+    Queries are the *last* ``q_len`` positions of the ``kv_len`` keys (so a query block can
+    attend to a cached prefix). ``block_causal``: j's block <= i's block (BD3-LM).
+    """
+    kv_len = q_len if kv_len is None else kv_len
+    qi = np.arange(kv_len - q_len, kv_len)[:, None]
+    kj = np.arange(kv_len)[None, :]
+    if kind == "bidirectional":
+        mask = np.ones((q_len, kv_len), bool)
+    elif kind == "causal":
+        mask = kj <= qi
+    elif kind == "block_causal":
+        mask = (kj // block_size) <= (qi // block_size)
+    else:
+        raise ValueError(
+            f"unknown attention kind {kind!r}; expected bidirectional, causal or block_causal"
+        )
+    return jnp.asarray(mask)
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with rotary positions; softmax in float32."""
+
+    def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        head_dim = d_model // num_heads
+        axes_in = ("embed", "heads", "head_dim")
+        self.q = Linear(d_model, (num_heads, head_dim), axes_in, rngs=rngs, dtype=dtype)
+        self.k = Linear(d_model, (num_heads, head_dim), axes_in, rngs=rngs, dtype=dtype)
+        self.v = Linear(d_model, (num_heads, head_dim), axes_in, rngs=rngs, dtype=dtype)
+        self.o = _OutProj(num_heads, head_dim, d_model, rngs=rngs, dtype=dtype)
+        self.dtype = dtype
+
+    def __call__(self, x_BLD, mask_LS, positions_BL, sin, cos):
+        q_BLHK = apply_rotary(self.q(x_BLD), positions_BL, sin, cos)
+        k_BLHK = apply_rotary(self.k(x_BLD), positions_BL, sin, cos)
+        v_BLHK = self.v(x_BLD)
+        q_BLHK = constrain(q_BLHK, "batch", "length", "act_heads", None)
+        out_BLHK = attend(q_BLHK, k_BLHK, v_BLHK, mask_LS)
+        return self.o(out_BLHK)
+
+
+def attend(q_BLHK, k_BSHK, v_BSHK, mask_LS):
+    """Scaled dot-product attention with a boolean mask, logits and softmax in float32."""
+    scale = q_BLHK.shape[-1] ** -0.5
+    logits_BHLS = jnp.einsum("blhk,bshk->bhls", q_BLHK, k_BSHK, preferred_element_type=jnp.float32)
+    logits_BHLS = jnp.where(mask_LS, logits_BHLS * scale, jnp.finfo(jnp.float32).min)
+    probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(v_BSHK.dtype)
+    return jnp.einsum("bhls,bshk->blhk", probs_BHLS, v_BSHK)
+
+
+class _OutProj(nnx.Module):
+    def __init__(self, num_heads, head_dim, d_model, *, rngs, dtype):
+        init = nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+        self.kernel = param(
+            rngs, init, (num_heads, head_dim, d_model),
+            ("heads", "head_dim", "embed"),
+        )
+        self.dtype = dtype
+
+    def __call__(self, x_BLHK):
+        return jnp.einsum("blhk,hkd->bld", x_BLHK.astype(self.dtype), self.kernel[...].astype(self.dtype))
