@@ -1,0 +1,95 @@
+"""The denoising loop: ``jax.lax.scan`` over a precomputed time grid, K static.
+
+The driver never sees a model: it receives ``denoise(tokens_BL, t_B) -> logits_BLV`` and a
+step rule (a frozen dataclass, hashable, so it can be a static jit argument). Randomness
+is per example: example keys come from (seed, example index), and the key of step k is
+``fold_in(example_key, k)``, so an example's sample does not depend on its batch-mates.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+Denoise = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class StepRule(abc.ABC):
+    """One denoising update from time t to s < t.
+
+    Subclasses are frozen dataclasses. ``step`` returns the new tokens, the number of
+    network evaluations spent per example (B,), and the rule's carried state.
+    """
+
+    def init_state(self, tokens_BL):
+        """State carried through the scan (e.g. a cache); none by default."""
+        return ()
+
+    @abc.abstractmethod
+    def prior(self, keys_B, length: int):
+        """The fully corrupted starting sequence, (B, length)."""
+
+    @abc.abstractmethod
+    def step(self, denoise: Denoise, tokens_BL, t, s, keys_B, state):
+        """Returns (tokens_BL, nfe_B, state)."""
+
+
+def time_grid(num_steps: int):
+    """K + 1 times from 1 down to 0, evenly spaced."""
+    return jnp.linspace(1.0, 0.0, num_steps + 1)
+
+
+def example_keys(seed: int, index_B):
+    """One key per example from (seed, global example index)."""
+    base = jax.random.key(seed)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(index_B, jnp.uint32))
+
+
+def check_num_steps(num_steps) -> int:
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+    return num_steps
+
+
+def run_sampler(denoise: Denoise, rule: StepRule, init_BL, keys_B, num_steps: int, fixed_BL=None):
+    """Run K = ``num_steps`` steps of ``rule`` from ``init_BL``.
+
+    Args:
+      denoise: (tokens_BL, t_B) -> logits_BLV.
+      rule: the step rule.
+      init_BL: the starting canvas (prior draws, with any fixed tokens already written).
+      keys_B: one key per example (``example_keys``).
+      num_steps: K, static.
+      fixed_BL: optional bool mask of positions that are never changed (prompts, infill).
+
+    Returns:
+      (tokens_BL, nfe_B): final tokens and network evaluations spent per example.
+    """
+    check_num_steps(num_steps)
+    grid = time_grid(num_steps)
+    batch = init_BL.shape[0]
+
+    def body(carry, k):
+        tokens_BL, nfe_B, state = carry
+        step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys_B, k)
+        new_BL, used_B, state = rule.step(denoise, tokens_BL, grid[k], grid[k + 1], step_keys, state)
+        if fixed_BL is not None:
+            new_BL = jnp.where(fixed_BL, init_BL, new_BL)
+        return (new_BL, nfe_B + used_B, state), None
+
+    carry = (init_BL, jnp.zeros((batch,), jnp.int32), rule.init_state(init_BL))
+    (tokens_BL, nfe_B, _), _ = jax.lax.scan(body, carry, jnp.arange(num_steps))
+    return tokens_BL, nfe_B
+
+
+def sample(denoise: Denoise, rule: StepRule, keys_B, length: int, num_steps: int, prompt_BL=None, fixed_BL=None):
+    """Draw samples: start from the rule's prior, keep ``fixed_BL`` positions of ``prompt_BL``."""
+    init_BL = rule.prior(keys_B, length)
+    if prompt_BL is not None:
+        if fixed_BL is None:
+            raise ValueError("prompt_BL needs fixed_BL, the mask of positions to keep")
+        init_BL = jnp.where(fixed_BL, prompt_BL, init_BL)
+    return run_sampler(denoise, rule, init_BL, keys_B, num_steps, fixed_BL)
