@@ -242,3 +242,98 @@ def check_tokens(tokens, num_tokens_total: int, name: str = "tokens") -> None:
             f"{name} holds id {int(ids[index])} at index {tuple(int(i) for i in index)}; "
             f"ids must be in [0, {num_tokens_total})"
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where text comes from and how it becomes token batches.
+
+    Attributes:
+      source: ``embedded`` (stdlib docs, no download), ``local:<path>[,<path>]`` or
+        ``tfds:<name>[@<data_dir>]``.
+      tokenizer: path of a sentencepiece ``.model`` to load; empty = train one on the
+        training split with ``vocab_size`` pieces and store it in the run directory.
+      pack: pack documents into full sequences (eos-separated); False pads each document.
+    """
+
+    source: str = "embedded"
+    tokenizer: str = ""
+    vocab_size: int = 2048
+    tokenizer_type: Literal["bpe", "unigram"] = "bpe"
+    pack: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        _positive_int(self, "vocab_size")
+        if not self.source:
+            raise ValueError("DataConfig.source must name a corpus, got ''")
+        _one_of(self, "tokenizer_type", ("bpe", "unigram"))
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """The host loop: logging, evaluation, samples and checkpoints."""
+
+    log_every: int = 20
+    eval_every: int = 200
+    eval_batches: int = 4
+    eval_time_points: int = 8
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    sample_steps: tuple[int, ...] = (8, 32, 128)
+    num_samples: int = 2
+    sample_length: int = 64
+
+    def __post_init__(self):
+        _positive_int(
+            self, "log_every", "eval_every", "eval_batches", "eval_time_points",
+            "checkpoint_every", "keep_checkpoints", "num_samples", "sample_length",
+        )
+        if any(not isinstance(k, int) or k < 1 for k in self.sample_steps):
+            raise ValueError(f"LoopConfig.sample_steps must be integers >= 1, got {self.sample_steps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything one training run needs; an experiment is a function returning one."""
+
+    name: str
+    model: ModelConfig
+    noise: NoiseConfig = NoiseConfig()
+    train: TrainConfig = TrainConfig()
+    data: DataConfig = DataConfig()
+    loop: LoopConfig = LoopConfig()
+    mesh: MeshConfig = MeshConfig()
+
+    def __post_init__(self):
+        check_sequence_length(self.train.seq_len, self.model)
+        wants_causal = self.noise.process == "ar"
+        if wants_causal != (self.model.attention == "causal"):
+            raise ValueError(
+                f"NoiseConfig.process={self.noise.process!r} needs "
+                f"{'causal' if wants_causal else 'non-causal'} attention, got "
+                f"ModelConfig.attention={self.model.attention!r}"
+            )
+        if self.data.tokenizer == "" and self.data.vocab_size != self.model.num_tokens:
+            raise ValueError(
+                f"DataConfig.vocab_size={self.data.vocab_size} must equal "
+                f"ModelConfig.num_tokens={self.model.num_tokens} (the tokenizer's pieces are "
+                "the model's ordinary tokens)"
+            )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ExperimentConfig:
+        sub = {
+            "model": ModelConfig, "noise": NoiseConfig, "train": TrainConfig,
+            "data": DataConfig, "loop": LoopConfig, "mesh": MeshConfig,
+        }
+        kwargs = {k: (sub[k](**_tuples(v)) if k in sub else v) for k, v in d.items()}
+        return cls(**kwargs)
+
+
+def _tuples(d: dict) -> dict:
+    """JSON turns tuples into lists; frozen configs want tuples back."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}

@@ -41,4 +41,5 @@ def create_model(config: ModelConfig, mesh: Mesh, seed: int = 0):
 
 def apply_model(graphdef, params, tokens_BL, t_B=None):
     """Logits (B, L, num_tokens) of the model defined by ``graphdef`` with ``params``."""
-    return nnx.merge(graphdef, params)(tokens_BL, t_B)
+    # copy=True: params may be closed over by a jitted sampler (another trace level).
+    return nnx.merge(graphdef, params, copy=True)(tokens_BL, t_B)

@@ -18,6 +18,9 @@ from dllm_jax.sharding import RULES, logical_axes, make_mesh
 TINY = ModelConfig(num_tokens=11, d_model=32, num_heads=4, num_layers=2, max_len=16)
 LENGTH = 16
 
+# One jit cache for every forward below: the graphdef is static (hashable), params are not.
+_forward = jax.jit(apply_model, static_argnums=0)
+
 
 @pytest.fixture(scope="module")
 def mesh():
@@ -25,20 +28,29 @@ def mesh():
 
 
 @pytest.fixture(scope="module")
+def params(mesh):
+    """Parameters of TINY; every variant below with the same shapes reuses them."""
+    return create_model(TINY, mesh, seed=0)[1]
+
+
+def _graphdef(**changes):
+    return abstract_model(dataclasses.replace(TINY, **changes))[0]
+
+
+@pytest.fixture(scope="module")
 def tokens_BL():
     return jax.random.randint(jax.random.key(1), (2, LENGTH), 0, TINY.vocab_size)
 
 
-def _input_jacobian_LL(config: ModelConfig, mesh) -> np.ndarray:
+def _input_jacobian_LL(graphdef, params) -> np.ndarray:
     """|d logits[i] / d x[j]| summed over feature dims: (L, L), row i = output position."""
-    graphdef, params = create_model(config, mesh, seed=0)
-    x_1LD = jax.random.normal(jax.random.key(2), (1, LENGTH, config.d_model))
+    x_1LD = jax.random.normal(jax.random.key(2), (1, LENGTH, TINY.d_model))
 
     @jax.jit  # merge inside jit: nnx.scan refuses modules from an outer trace level
     def f(p, x):
         return nnx.merge(graphdef, p).forward_hidden(x)[0]  # (L, V)
 
-    jac_LVLD = jax.jacrev(lambda x: f(params, x))(x_1LD)[:, :, 0]  # (L, V, L, D)
+    jac_LVLD = jax.jacfwd(lambda x: f(params, x))(x_1LD)[:, :, 0]  # (L, V, L, D)
     return np.asarray(jnp.abs(jac_LVLD).sum(axis=(1, 3)))
 
 
@@ -54,51 +66,44 @@ def _block_allowed(block_size):
         ("block_causal", _block_allowed(4)),
     ],
 )
-def test_attention_structure_through_gradients(mesh, kind, allowed):
-    config = dataclasses.replace(TINY, attention=kind, block_size=4)
-    jac_LL = _input_jacobian_LL(config, mesh)
+def test_attention_structure_through_gradients(params, kind, allowed):
+    jac_LL = _input_jacobian_LL(_graphdef(attention=kind, block_size=4), params)
     i, j = np.meshgrid(np.arange(LENGTH), np.arange(LENGTH), indexing="ij")
     may_see = allowed(i, j)
     # Masked pairs: exactly zero (masked logits get zero probability, not a tiny one).
     np.testing.assert_array_equal(jac_LL[~may_see], 0.0)
-    # Allowed pairs: clearly nonzero. Diagonal entries dominate (residual stream), so
-    # compare off-diagonal ones with a scale-free floor.
-    assert jac_LL[may_see].min() > 1e-6 * jac_LL.max(), jac_LL
+    # Allowed pairs: clearly nonzero, relative to the largest entry (a diagonal one, through
+    # the residual stream).
+    assert jac_LL[may_see].min() > 1e-3 * jac_LL.max(), jac_LL  # measured >= 0.04
 
 
-def test_hlo_does_not_grow_with_depth(mesh, tokens_BL):
+def test_hlo_does_not_grow_with_depth(tokens_BL):
     sizes = {}
     for num_layers in (2, 8):
-        config = dataclasses.replace(TINY, num_layers=num_layers)
-        graphdef, params = create_model(config, mesh, seed=0)
+        graphdef, abstract_params = abstract_model(dataclasses.replace(TINY, num_layers=num_layers))
         fwd = jax.jit(lambda p, x, g=graphdef: apply_model(g, p, x))
-        sizes[num_layers] = len(fwd.lower(params, tokens_BL).as_text())
+        sizes[num_layers] = len(fwd.lower(abstract_params, tokens_BL).as_text())
     print("lowered HLO chars by depth:", sizes)
-    # Scanned layers: identical text (measured 27,714 chars for both). An unrolled Python
-    # loop would be ~4x larger at depth 8.
+    # Scanned layers: identical text (measured 26,914 chars at depth 2 and 8, 26,961 at
+    # 64). A Python loop over layers adds a copy of the block per layer (~4x at depth 8).
     assert abs(sizes[8] - sizes[2]) < 0.05 * sizes[2], sizes
 
 
-def test_bfloat16_compute_close_to_float32(mesh, tokens_BL):
-    config32 = TINY
-    config16 = dataclasses.replace(TINY, dtype="bfloat16")
-    graphdef32, params32 = create_model(config32, mesh, seed=0)
-    graphdef16, params16 = create_model(config16, mesh, seed=0)
+def test_bfloat16_compute_close_to_float32(params, tokens_BL):
+    graphdef16, abstract16 = abstract_model(dataclasses.replace(TINY, dtype="bfloat16"))
+    # Parameters are stored in float32 whatever the compute dtype.
+    assert {leaf.dtype for leaf in jax.tree.leaves(abstract16)} == {jnp.dtype(jnp.float32)}
+    graphdef32 = _graphdef()
 
-    # Parameters are stored in float32 whatever the compute dtype, and are the same draws.
-    for leaf32, leaf16 in zip(jax.tree.leaves(params32), jax.tree.leaves(params16), strict=True):
-        assert leaf16.dtype == jnp.float32
-        np.testing.assert_array_equal(leaf32, leaf16)
-
-    logits32 = jax.jit(lambda p, x: apply_model(graphdef32, p, x))(params32, tokens_BL)
-    logits16 = jax.jit(lambda p, x: apply_model(graphdef16, p, x))(params32, tokens_BL)
+    logits32 = _forward(graphdef32, params, tokens_BL)
+    logits16 = _forward(graphdef16, params, tokens_BL)
     assert logits32.dtype == jnp.float32
     assert logits16.dtype == jnp.float32
     err = float(jnp.max(jnp.abs(logits16 - logits32)))
     scale = float(jnp.std(logits32))
     print(f"bf16 vs f32 logits: max abs diff {err:.4f}, std {scale:.4f}, ratio {err / scale:.4f}")
-    # Measured ratio ~0.02 (bf16 has 8 mantissa bits); a wrong cast (e.g. params rounded
-    # twice or softmax in bf16 with a broken mask) or a missing layer is far off.
+    # Measured ratio 0.030 (bf16 keeps 8 significant bits, relative rounding ~0.4%); a
+    # dropped or doubled layer, or a wrong mask, in one dtype's path would be far off.
     assert err < 0.1 * scale
     assert err > 0.0  # bf16 really was used for compute
 
@@ -110,25 +115,24 @@ def time_model(mesh):
 
 
 def _perturb(params, *path_prefix, seed=3):
-    """Add noise to every parameter whose path starts with ``path_prefix``."""
-    flat = nnx.to_flat_state(params)
-    keys = iter(jax.random.split(jax.random.key(seed), len(flat)))
+    """Add noise (numpy: no per-shape kernels to compile) to params under ``path_prefix``."""
+    rng = np.random.default_rng(seed)
     out = []
-    for path, variable in flat:
-        key = next(keys)
+    for path, variable in nnx.to_flat_state(params):
         if path[: len(path_prefix)] == path_prefix:
             value = variable.get_value()
-            variable = variable.replace(value + 0.5 * jax.random.normal(key, value.shape))
+            noise = 0.5 * rng.standard_normal(value.shape).astype(np.float32)
+            # Same sharding as before, so the jitted forward is not compiled again.
+            variable = variable.replace(jax.device_put(np.asarray(value) + noise, value.sharding))
         out.append((path, variable))
     return nnx.from_flat_state(out)
 
 
 def _t_spread(graphdef, params, tokens_BL):
     """Max change of the logits between t = 0.1 and t = 0.9."""
-    fwd = jax.jit(lambda p, x, t: apply_model(graphdef, p, x, t))
     batch = tokens_BL.shape[0]
-    lo = fwd(params, tokens_BL, jnp.full((batch,), 0.1))
-    hi = fwd(params, tokens_BL, jnp.full((batch,), 0.9))
+    lo = _forward(graphdef, params, tokens_BL, jnp.full((batch,), 0.1))
+    hi = _forward(graphdef, params, tokens_BL, jnp.full((batch,), 0.9))
     return float(jnp.max(jnp.abs(hi - lo)))
 
 
@@ -150,13 +154,12 @@ def test_time_conditioning_after_perturbing_modulation(time_model, tokens_BL, wh
 def test_time_conditioned_model_needs_t(time_model, tokens_BL):
     graphdef, params = time_model
     with pytest.raises(ValueError, match="time-conditioned"):
-        apply_model(graphdef, params, tokens_BL)
+        jax.eval_shape(lambda p, x: apply_model(graphdef, p, x), params, tokens_BL)
 
 
-def test_unconditioned_model_ignores_t(mesh, tokens_BL):
-    graphdef, params = create_model(TINY, mesh, seed=0)
+def test_unconditioned_model_ignores_t(params, tokens_BL):
     params = _perturb(params, "blocks")  # any params: t must have no path into the output
-    assert _t_spread(graphdef, params, tokens_BL) == 0.0
+    assert _t_spread(_graphdef(), params, tokens_BL) == 0.0
 
 
 @pytest.mark.parametrize("time_conditioning", [False, True])
@@ -178,11 +181,10 @@ def test_params_carry_logical_axes(time_conditioning):
             assert "layers" not in axes, (path, axes)
 
 
-def test_sequence_longer_than_max_len_raises(mesh):
-    graphdef, params = create_model(TINY, mesh, seed=0)
-    too_long = jnp.zeros((1, TINY.max_len + 1), jnp.int32)
+def test_sequence_longer_than_max_len_raises(params):
+    too_long = jax.ShapeDtypeStruct((1, TINY.max_len + 1), jnp.int32)
     with pytest.raises(ValueError, match=f"{TINY.max_len + 1} exceeds"):
-        apply_model(graphdef, params, too_long)
+        jax.eval_shape(lambda p, x: apply_model(_graphdef(), p, x), params, too_long)
 
 
 def test_token_ids_checked_against_vocab_size():

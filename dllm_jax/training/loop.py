@@ -1,0 +1,221 @@
+"""The host loop: data -> sharded train step -> eval, samples, metrics, checkpoints.
+
+A run directory holds ``config.json``, ``tokenizer.model``, ``metrics.jsonl``, TensorBoard
+event files and ``checkpoints/``. Starting a run in a directory that already has a
+checkpoint resumes it (bitwise the same losses as an uninterrupted run on the same device
+count); a directory from an incompatible config is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dllm_jax.checkpoint import Checkpointer
+from dllm_jax.config import ExperimentConfig
+from dllm_jax.data.corpus import make_source
+from dllm_jax.data.pipeline import GlobalBatches, PackedSequences
+from dllm_jax.data.tokenizer import Tokenizer
+from dllm_jax.diffusion import ARObjective, make_objective
+from dllm_jax.nn.model import apply_model
+from dllm_jax.sampling import ancestral, example_keys, sample
+from dllm_jax.sampling.autoregressive import ar_sample_reference
+from dllm_jax.sharding import make_mesh
+from dllm_jax.training.metrics_log import MetricsLogger
+from dllm_jax.training.state import create_train_state
+from dllm_jax.training.step import jit_train_step, make_eval_step, make_train_step
+
+LN2 = math.log(2.0)
+# Fields that must match to resume: everything that shapes the state or the data stream.
+_RESUME_KEYS = ("model", "noise", "data", "mesh")
+
+
+def _say(*args):
+    if jax.process_index() == 0:
+        print(*args, flush=True)
+
+
+def check_compatible(saved: dict, exp: ExperimentConfig) -> None:
+    """Raise if a run directory was made by a config this run cannot resume."""
+    new = exp.to_dict()
+    diffs = []
+    for key in _RESUME_KEYS:
+        for field, value in new[key].items():
+            old = saved.get(key, {}).get(field)
+            if isinstance(old, list):
+                old = tuple(old)
+            if old != value and not (key == "mesh"):
+                diffs.append(f"{key}.{field}: checkpoint has {old!r}, config has {value!r}")
+    if diffs:
+        raise ValueError("run directory holds a checkpoint from an incompatible config:\n  " + "\n  ".join(diffs))
+
+
+def load_or_train_tokenizer(exp: ExperimentConfig, run_dir: Path) -> Tokenizer:
+    stored = run_dir / "tokenizer.model"
+    if exp.data.tokenizer:
+        tok = Tokenizer.load(exp.data.tokenizer)
+    elif stored.exists():
+        tok = Tokenizer.load(stored)
+    else:
+        source = make_source(exp.data.source, "train")
+        # Deterministic in (corpus, vocab, seed): every process trains the same model.
+        path = stored if jax.process_index() == 0 else run_dir / f".tokenizer.{jax.process_index()}.model"
+        tok = Tokenizer.train((source[i] for i in range(len(source))), exp.data.vocab_size, path,
+                              model_type=exp.data.tokenizer_type, seed=exp.data.seed)
+    if tok.num_tokens != exp.model.num_tokens:
+        raise ValueError(
+            f"tokenizer has {tok.num_tokens} pieces but ModelConfig.num_tokens="
+            f"{exp.model.num_tokens}: the checkpoint/model and tokenizer do not match"
+        )
+    return tok
+
+
+def _eval_batches(exp, tok, mesh):
+    source = make_source(exp.data.source, "validation")
+    seqs = PackedSequences(source, tok, exp.train.seq_len, seed=exp.data.seed, pack=exp.data.pack, shuffle=False)
+    batches = GlobalBatches(seqs, exp.train.batch_size, mesh)
+    return [next(batches) for _ in range(exp.loop.eval_batches)]
+
+
+class Sampler:
+    """Jitted samplers (one compile per step count) with params as an argument."""
+
+    def __init__(self, exp: ExperimentConfig, objective, graphdef):
+        self.exp, self.objective, self.graphdef = exp, objective, graphdef
+        self._fns = {}
+
+    def __call__(self, params, num_steps: int):
+        if num_steps not in self._fns:
+            length = min(self.exp.loop.sample_length, self.exp.model.max_len)
+            g = self.graphdef
+            if isinstance(self.objective, ARObjective):
+                bos = self.objective.bos_id
+                fn = lambda p, k: ar_sample_reference(lambda x: apply_model(g, p, x, None), k, length, bos)
+            else:
+                rule = ancestral(self.objective)
+                fn = lambda p, k: sample(lambda x, t: apply_model(g, p, x, t), rule, k, length, num_steps)[0]
+            self._fns[num_steps] = jax.jit(fn)
+        keys = example_keys(10_000 + num_steps, jnp.arange(self.exp.loop.num_samples))
+        return np.asarray(self._fns[num_steps](params, keys))
+
+
+def evaluate(eval_fn, params, batches, time_points: int):
+    """Validation bound: mean nats/token over batches on a stratified grid of time offsets."""
+    total, count = 0.0, 0.0
+    for batch in batches:
+        for j in range(time_points):
+            loss_sum, n = eval_fn(params, batch, (j + 0.5) / time_points)
+            total += float(loss_sum)
+            count += float(n)
+    nats = total / time_points / max(count / time_points, 1.0)
+    return {"val_loss": nats, "val_bits_per_token": nats / LN2, "val_ppl": math.exp(min(nats, 50.0))}
+
+
+def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = None, verbose: bool = True) -> dict:
+    """Train (or resume) ``exp`` in ``run_dir``; ``stop_at`` ends early as if interrupted.
+
+    Returns a summary: per-step losses of this invocation, the final validation metrics,
+    samples, timings.
+    """
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.json"
+    if config_file.exists():
+        check_compatible(json.loads(config_file.read_text()), exp)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mesh = make_mesh(exp.mesh)
+    tok = load_or_train_tokenizer(exp, run_dir)
+    if jax.process_index() == 0:
+        config_file.write_text(json.dumps(exp.to_dict(), indent=2))
+
+    objective = make_objective(exp.noise, exp.model.num_tokens)
+    graphdef, state, tx = create_train_state(exp.model, exp.train, mesh)
+    seqs = PackedSequences(make_source(exp.data.source, "train"), tok, exp.train.seq_len,
+                           seed=exp.data.seed, pack=exp.data.pack)
+    batches = GlobalBatches(seqs, exp.train.batch_size, mesh)
+    ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=exp.loop.keep_checkpoints, best_metric="val_loss")
+    start = 0
+    if ckpt.latest_step() is not None:
+        meta = ckpt.metadata()
+        if meta.get("tokenizer_sha256") != tok.sha256:
+            raise ValueError("the tokenizer does not match the one the checkpoint was trained with")
+        restored, meta = ckpt.restore({"state": state})
+        state, start = restored["state"], int(meta["step"])
+        batches.set_state(meta["data_state"])
+        _say(f"resumed from step {start} in {run_dir}")
+
+    step_fn = jit_train_step(make_train_step(objective, graphdef, tx, exp.train), state, mesh)
+    eval_fn = make_eval_step(objective, graphdef, mesh, seed=exp.train.seed)
+    eval_data = _eval_batches(exp, tok, mesh)
+    sampler = Sampler(exp, objective, graphdef)
+    logger = MetricsLogger(run_dir, enabled=jax.process_index() == 0)
+
+    last = min(exp.train.steps, stop_at) if stop_at is not None else exp.train.steps
+    tokens_per_step = exp.train.batch_size * exp.train.seq_len
+    losses, pending, summary = [], [], {}
+    batch = next(batches)
+    t0 = time.perf_counter()
+    with jax.set_mesh(mesh):
+        compiled = step_fn.jitted.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    mem = jax.devices()[0].memory_stats() or {}
+    _say(f"{exp.name}: {exp.noise.process} | params {sum(x.size for x in jax.tree.leaves(state.params)):,} | "
+         f"compile {compile_s:.1f}s" + (f" | device memory {mem.get('bytes_in_use', 0) / 2**20:.0f} MiB" if mem else ""))
+    logger.log(start, {"compile_seconds": compile_s})
+
+    def run_step(state, batch):
+        with jax.set_mesh(mesh):
+            return compiled(state, batch)
+
+    t_start, t_log = time.perf_counter(), time.perf_counter()
+    for step in range(start, last):
+        if step > start:
+            batch = next(batches)
+        state, metrics = run_step(state, batch)
+        pending.append(metrics["loss"])
+        done = step + 1
+        if done % exp.loop.log_every == 0 or done == last:
+            losses.extend(float(x) for x in pending)
+            now = time.perf_counter()
+            tok_s = len(pending) * tokens_per_step / (now - t_log)
+            eta = (exp.train.steps - done) * (now - t_start) / (done - start)
+            logger.log(done, {"loss": losses[-1], "bits_per_token": losses[-1] / LN2, "tokens_per_second": tok_s,
+                              "grad_norm": float(metrics["grad_norm"])})
+            if verbose:
+                _say(f"  step {done:5d}/{exp.train.steps} | loss {losses[-1]:.4f} | {tok_s:,.0f} tok/s | "
+                     f"ETA {time.strftime('%M:%S', time.gmtime(eta))}")
+            pending, t_log = [], now
+        if done % exp.loop.eval_every == 0 or done == exp.train.steps:
+            params = state.ema if state.ema is not None else state.params
+            summary = evaluate(eval_fn, params, eval_data, 1 if isinstance(objective, ARObjective) else exp.loop.eval_time_points)
+            samples = {k: [tok.decode(row.tolist()) for row in sampler(params, k)] for k in exp.loop.sample_steps}
+            logger.log(done, summary, samples={str(k): v for k, v in samples.items()})
+            summary["samples"] = samples
+            _say(f"  eval @ {done}: {summary['val_loss']:.4f} nats/token, {summary['val_bits_per_token']:.4f} "
+                 f"bits/token, ppl <= {summary['val_ppl']:.2f}")
+        if done % exp.loop.checkpoint_every == 0 or done == last:
+            meta = {"step": done, "data_state": batches.get_state(), "tokenizer_sha256": tok.sha256,
+                    "config": exp.to_dict()}
+            metrics_for_ckpt = {"val_loss": summary["val_loss"]} if "val_loss" in summary else None
+            ckpt.save(done, {"state": state}, meta, metrics=metrics_for_ckpt)
+    ckpt.wait()
+    ckpt.close()
+    logger.close()
+    wall = time.perf_counter() - t_start
+    return {**summary, "losses": losses, "start_step": start, "end_step": last, "compile_seconds": compile_s,
+            "wall_seconds": wall, "state": state, "graphdef": graphdef, "tokenizer": tok,
+            "tokens_per_second": (last - start) * tokens_per_step / max(wall, 1e-9)}
+
+
+def with_overrides(exp: ExperimentConfig, **sections) -> ExperimentConfig:
+    """``with_overrides(exp, train={"steps": 10})``: replace fields section by section."""
+    out = {}
+    for name, fields in sections.items():
+        out[name] = dataclasses.replace(getattr(exp, name), **fields)
+    return dataclasses.replace(exp, **out)
