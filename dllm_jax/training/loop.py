@@ -105,6 +105,14 @@ class Sampler:
         keys = example_keys(10_000 + num_steps, jnp.arange(self.exp.loop.num_samples))
         return np.asarray(self._fns[num_steps](params, keys))
 
+    def texts(self, params, tok) -> dict[int, list[str]]:
+        """Decoded samples per step count (AR: one entry, keyed by the sample length)."""
+        if isinstance(self.objective, ARObjective):
+            steps = (min(self.exp.loop.sample_length, self.exp.model.max_len),)
+        else:
+            steps = self.exp.loop.sample_steps
+        return {k: [tok.decode(row.tolist()) for row in self(params, k)] for k in steps}
+
 
 def evaluate(eval_fn, params, batches, time_points: int):
     """Validation bound: mean nats/token over batches on a stratified grid of time offsets."""
@@ -194,7 +202,7 @@ def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = N
         if done % exp.loop.eval_every == 0 or done == exp.train.steps:
             params = state.ema if state.ema is not None else state.params
             summary = evaluate(eval_fn, params, eval_data, 1 if isinstance(objective, ARObjective) else exp.loop.eval_time_points)
-            samples = {k: [tok.decode(row.tolist()) for row in sampler(params, k)] for k in exp.loop.sample_steps}
+            samples = sampler.texts(params, tok)
             logger.log(done, summary, samples={str(k): v for k, v in samples.items()})
             summary["samples"] = samples
             _say(f"  eval @ {done}: {summary['val_loss']:.4f} nats/token, {summary['val_bits_per_token']:.4f} "
@@ -204,6 +212,12 @@ def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = N
                     "config": exp.to_dict()}
             metrics_for_ckpt = {"val_loss": summary["val_loss"]} if "val_loss" in summary else None
             ckpt.save(done, {"state": state}, meta, metrics=metrics_for_ckpt)
+        if done % exp.loop.eval_every == 0 or done % exp.loop.checkpoint_every == 0:
+            t_log = time.perf_counter()  # keep eval/checkpoint time out of tokens/s
+    if not summary:  # nothing evaluated in this invocation (e.g. the run was already done)
+        params = state.ema if state.ema is not None else state.params
+        summary = evaluate(eval_fn, params, eval_data, 1 if isinstance(objective, ARObjective) else exp.loop.eval_time_points)
+        summary["samples"] = sampler.texts(params, tok)
     ckpt.wait()
     ckpt.close()
     logger.close()
@@ -219,3 +233,26 @@ def with_overrides(exp: ExperimentConfig, **sections) -> ExperimentConfig:
     for name, fields in sections.items():
         out[name] = dataclasses.replace(getattr(exp, name), **fields)
     return dataclasses.replace(exp, **out)
+
+
+def load_run(run_dir: str | Path, step: int | None = None, use_ema: bool = True):
+    """Load a finished or running run: (exp, graphdef, params, tokenizer, objective, step).
+
+    Raises a clear error for a directory without a config or without a usable checkpoint.
+    """
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
+    exp = ExperimentConfig.from_dict(json.loads(config_file.read_text()))
+    tok = load_or_train_tokenizer(exp, run_dir)
+    mesh = make_mesh(exp.mesh)
+    graphdef, state, _ = create_train_state(exp.model, exp.train, mesh)
+    ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=exp.loop.keep_checkpoints, best_metric="val_loss")
+    restored, meta = ckpt.restore({"state": state}, step=step)
+    ckpt.close()
+    if meta.get("tokenizer_sha256") != tok.sha256:
+        raise ValueError(f"the tokenizer in {run_dir} does not match the one its checkpoint was trained with")
+    state = restored["state"]
+    params = state.ema if (use_ema and state.ema is not None) else state.params
+    return exp, graphdef, params, tok, make_objective(exp.noise, exp.model.num_tokens), int(meta["step"])

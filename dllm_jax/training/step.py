@@ -68,7 +68,7 @@ def make_train_step(objective: Objective, graphdef, tx: optax.GradientTransforma
         metrics = {
             "loss": loss,
             "bits_per_token": loss / LN2,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "loss_tokens": count,
         }
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)

@@ -1,0 +1,552 @@
+"""One small wrapper over orbax-checkpoint: any pytree with its shardings, plus JSON metadata.
+
+Generic by design: it saves whatever pytree it is given (train state, EMA, data-iterator
+position, ...) and knows nothing of what is in it. Restore goes straight into the shardings
+of a target tree, also onto a mesh of another shape than at save time.
+
+A step directory (orbax's layout, plus one file of ours)::
+
+    <directory>/<step>/state/...              the pytree (orbax StandardSave, OCDBT)
+    <directory>/<step>/meta/metadata          JSON: caller's metadata + per-leaf fingerprints
+    <directory>/<step>/metrics/metrics        JSON metrics (only with ``best_metric``)
+    <directory>/<step>/commit_success.txt     orbax's commit marker
+    <directory>/<step>/dllm_manifest.json     every file's size, written after the commit
+
+Completeness. orbax 0.12 writes a step into ``<step>.orbax-checkpoint-tmp``, writes
+``commit_success.txt`` into it, then renames it to ``<step>`` (on GCS it writes the marker
+in place, without a rename). A step counts as complete when its directory has its final
+name, the commit marker and, where the manifest exists, every file at its recorded size
+(a partial copy, a truncated file). Damage these cheap checks cannot see is caught on
+restore: tensorstore raises, or the fingerprint of a restored leaf differs from the one
+stored at save time. ``restore()`` with no step then warns, naming the bad step and why, and
+falls back to the previous complete one; with an explicit step it raises
+``CorruptCheckpointError``.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import re
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+
+FORMAT = 1
+MANIFEST = "dllm_manifest.json"
+META_FILE = "meta/metadata"  # where ocp.args.JsonSave puts the "meta" item
+COMMIT_MARKER = ocp.path.atomicity_types.COMMIT_SUCCESS_FILE  # "commit_success.txt"
+TMP_SUFFIX = ocp.path.step.TMP_DIR_SUFFIX  # ".orbax-checkpoint-tmp"
+_STEP_RE = re.compile(r"(\d+)(" + re.escape(TMP_SUFFIX) + r".*)?")
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint step exists but is incomplete or damaged."""
+
+
+class IncompleteCheckpointWarning(UserWarning):
+    """A checkpoint step was skipped because it is incomplete or damaged."""
+
+
+# --- fingerprints: a positional hash of every array leaf, independent of the sharding ----
+
+
+def _fmix32(h):
+    """MurmurHash3's 32-bit finaliser (uint32 arithmetic wraps)."""
+    h = h ^ (h >> 16)
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _bits(dtype) -> int:
+    dtype = jnp.dtype(dtype)
+    if dtype == jnp.bool_:
+        return 8
+    if jnp.issubdtype(dtype, jnp.integer):
+        return jnp.iinfo(dtype).bits
+    if jnp.issubdtype(dtype, jnp.inexact):
+        return jnp.finfo(dtype).bits
+    return 0
+
+
+def _hashable(x) -> bool:
+    return isinstance(x, jax.Array | np.ndarray | np.generic) and _bits(x.dtype) in (8, 16, 32, 64)
+
+
+def _leaf_hash(x):
+    """Sum over elements of fmix32(bits ^ f(flat index)): exact in uint32, so the same on
+    any mesh, and a moved, truncated or flipped element changes it."""
+    if jnp.iscomplexobj(x):
+        x = jnp.stack([x.real, x.imag], axis=-1)
+    if x.dtype == jnp.bool_:
+        u = x.astype(jnp.uint32)
+    elif x.dtype.itemsize < 4:
+        u = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}"))
+        u = u.astype(jnp.uint32)
+    else:
+        u = jax.lax.bitcast_convert_type(x, jnp.uint32)  # 64-bit: a trailing axis of 2
+    index, stride = jnp.zeros(u.shape, jnp.uint32), 1
+    for axis in reversed(range(u.ndim)):
+        iota = jax.lax.broadcasted_iota(jnp.uint32, u.shape, axis)
+        index = index + iota * np.uint32(stride % 2**32)
+        stride *= u.shape[axis]
+    h = _fmix32(u ^ (index * np.uint32(0x9E3779B9) + np.uint32(0x7F4A7C15)))
+    return jnp.sum(h, dtype=jnp.uint32)
+
+
+def _host_u32(x):
+    """Host arrays of 8/16-byte elements as uint32 words (what the device path would see;
+    with x64 disabled ``jnp.asarray`` would otherwise truncate them)."""
+    if isinstance(x, np.ndarray | np.generic) and x.dtype.itemsize > 4:
+        x = np.ascontiguousarray(x)
+        return x.view(np.uint32).reshape(*x.shape, x.dtype.itemsize // 4)
+    return x
+
+
+@jax.jit
+def _leaf_hashes(leaves):
+    return [_leaf_hash(jnp.asarray(x)) for x in leaves]
+
+
+def _describe(tree) -> dict[str, dict]:
+    """{leaf path: {shape, dtype, hash}} for every leaf (hash None where not hashable)."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    keyed = {jax.tree_util.keystr(path): leaf for path, leaf in flat}
+    hashable = {k: _host_u32(v) for k, v in keyed.items() if _hashable(v)}
+    hashes = jax.device_get(_leaf_hashes(list(hashable.values())))
+    hashes = dict(zip(hashable, hashes, strict=True))
+    out = {}
+    for key, leaf in keyed.items():
+        shape = list(np.shape(leaf))
+        dtype = str(leaf.dtype) if hasattr(leaf, "dtype") else type(leaf).__name__
+        h = int(hashes[key]) if key in hashes else None
+        out[key] = {"shape": shape, "dtype": dtype, "hash": h}
+    return out
+
+
+def _abstract(x):
+    if isinstance(x, jax.Array):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    return x
+
+
+class Checkpointer:
+    """Saves and restores pytrees (with their shardings) plus JSON metadata, by step.
+
+    Keeps the last ``max_to_keep`` steps and, with ``best_metric``, also the best step by
+    ``metrics[best_metric]`` (``best_mode`` "min" or "max"). Nothing saved is overwritten:
+    saving an existing step raises unless ``force=True``. Use as a context manager or call
+    ``close()`` so that an asynchronous save finishes.
+
+    Args:
+      directory: root directory (local path or anything ``etils.epath`` opens, e.g. gs://).
+        It is created by the first ``save``, never by reading.
+      max_to_keep: number of most recent steps kept (None: all).
+      best_metric: name of the metric that ranks steps; the best one is kept in addition.
+      best_mode: "min" or "max".
+      async_save: write in a background thread; ``save`` returns once arrays are copied.
+    """
+
+    def __init__(
+        self,
+        directory,
+        *,
+        max_to_keep: int | None = 3,
+        best_metric: str | None = None,
+        best_mode: str = "min",
+        async_save: bool = False,
+    ):
+        if max_to_keep is not None and max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep}")
+        if best_mode not in ("min", "max"):
+            raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
+        self.directory = epath.Path(directory)
+        self._max_to_keep = max_to_keep
+        self._best_metric = best_metric
+        self._best_mode = best_mode
+        self._async = async_save
+        self._manager_: ocp.CheckpointManager | None = None
+        self._pending: int | None = None  # step whose manifest is still to be written
+        self._damaged: dict[int, str] = {}  # steps found damaged on restore in this session
+        self._warned: set[tuple[int, str]] = set()
+
+    # --- orbax plumbing -------------------------------------------------------------------
+
+    @property
+    def _manager(self) -> ocp.CheckpointManager:
+        if self._manager_ is None:
+            policies = [ocp.checkpoint_managers.LatestN(n=self._max_to_keep)]
+            best_fn = None
+            if self._best_metric is not None:
+                name = self._best_metric
+                best_fn = lambda metrics: float(metrics[name])
+                # orbax alone keeps the N *best* with best_fn: keep the last N, plus the best.
+                policies.append(
+                    ocp.checkpoint_managers.BestN(
+                        get_metric_fn=best_fn,
+                        reverse=self._best_mode == "min",
+                        n=1,
+                        keep_checkpoints_without_metrics=False,
+                    )
+                )
+            options = ocp.CheckpointManagerOptions(
+                preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+                best_fn=best_fn,
+                best_mode=self._best_mode,
+                enable_async_checkpointing=self._async,
+            )
+            self._manager_ = ocp.CheckpointManager(self.directory, options=options)
+        return self._manager_
+
+    def _flush(self):
+        """Wait for an asynchronous save, then write its manifest."""
+        if self._manager_ is not None:
+            self._manager_.wait_until_finished()
+        if self._pending is not None:
+            step, self._pending = self._pending, None
+            if ocp.multihost.is_primary_host(0) and (self._step_dir(step) / COMMIT_MARKER).exists():
+                self._write_manifest(step)
+
+    def _step_dir(self, step: int) -> epath.Path:
+        return self.directory / str(step)
+
+    def _write_manifest(self, step: int):
+        root = self._step_dir(step)
+        sizes = {}
+        for dirpath, _, files in root.walk():
+            for name in files:
+                rel = str((dirpath / name).relative_to(root))
+                sizes[rel] = (dirpath / name).stat().length
+        tmp = root / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(sizes, sort_keys=True))
+        tmp.rename(root / MANIFEST)
+
+    # --- completeness ---------------------------------------------------------------------
+
+    def _problem(self, step: int) -> str | None:
+        """Why ``step`` is not a complete checkpoint, or None if it is (cheap checks only)."""
+        if step in self._damaged:
+            return self._damaged[step]
+        root = self._step_dir(step)
+        if not root.is_dir():
+            tmp = [p.name for p in self.directory.glob(f"{step}{TMP_SUFFIX}*")]
+            if tmp:
+                return f"interrupted save: only the temporary directory {tmp[0]} exists"
+            return "no such step"
+        if not (root / COMMIT_MARKER).exists():
+            return f"no commit marker {COMMIT_MARKER}: the save did not finish"
+        for item in ("state", META_FILE):
+            if not (root / item).exists():
+                return f"{item} is missing"
+        if (root / MANIFEST).exists():
+            try:
+                sizes = json.loads((root / MANIFEST).read_text())
+            except ValueError:
+                return f"{MANIFEST} is unreadable"
+            for rel, size in sizes.items():
+                path = root / rel
+                if not path.exists():
+                    return f"file {rel} is missing"
+                if path.stat().length != size:
+                    return f"file {rel} has {path.stat().length} bytes, {size} were written"
+        return None
+
+    def _scan(self) -> dict[int, str | None]:
+        """{step: problem or None} for every step directory, finished or not."""
+        if not self.directory.is_dir():
+            return {}
+        steps = {int(m[1]) for p in self.directory.iterdir() if (m := _STEP_RE.fullmatch(p.name))}
+        return {s: self._problem(s) for s in sorted(steps)}
+
+    def _warn(self, step: int, problem: str, once: bool = True):
+        """Warn that ``step`` is skipped; listings warn once, every restore warns."""
+        if not once or (step, problem) not in self._warned:
+            self._warned.add((step, problem))
+            warnings.warn(
+                f"checkpoint step {step} in {self.directory} is skipped: {problem}",
+                IncompleteCheckpointWarning,
+                stacklevel=3,
+            )
+
+    def all_steps(self) -> list[int]:
+        """Steps of complete checkpoints, ascending; warns once about each incomplete one."""
+        good = []
+        for step, problem in self._scan().items():
+            if problem is None:
+                good.append(step)
+            elif step != self._pending:  # an asynchronous save still being written
+                self._warn(step, problem)
+        return good
+
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def best_step(self) -> int | None:
+        """The complete step with the best ``best_metric``; None if unset or none has it."""
+        if self._best_metric is None or not self.directory.is_dir():
+            return None
+        scored = []
+        for step in self.all_steps():
+            metrics = self._manager.metrics(step)
+            if metrics is not None and self._best_metric in metrics:
+                scored.append((float(metrics[self._best_metric]), step))
+        if not scored:
+            return None
+        return (min if self._best_mode == "min" else max)(scored)[1]
+
+    # --- save -----------------------------------------------------------------------------
+
+    def save(
+        self, step: int, tree, metadata: dict, metrics: dict | None = None, force: bool = False
+    ) -> bool:
+        """Save ``tree`` (any pytree of arrays) and JSON ``metadata`` as ``step``.
+
+        Args:
+          step: non-negative step number.
+          tree: pytree of jax/numpy arrays and scalars; shardings are recorded.
+          metadata: JSON-serialisable dict (config, data position, ...).
+          metrics: scalar metrics; ``metrics[best_metric]`` ranks the step when set.
+          force: replace an existing ``step``. orbax cannot write into an existing step, so
+            the old one is deleted first; other steps are never touched.
+
+        Returns:
+          True (a checkpoint was written or, with ``async_save``, started).
+
+        Raises:
+          FileExistsError: ``step`` exists and ``force`` is False; nothing is written.
+          TypeError: ``metadata`` or ``metrics`` is not JSON-serialisable.
+          ValueError: bad ``step``, or ``metrics`` lacks ``best_metric``.
+        """
+        step = operator.index(step)
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        if (
+            self._best_metric is not None
+            and metrics is not None
+            and self._best_metric not in metrics
+        ):
+            raise ValueError(f"metrics {sorted(metrics)} lack best_metric {self._best_metric!r}")
+        meta = {"format": FORMAT, "metadata": metadata, "leaves": _describe(tree)}
+        try:
+            json.dumps(meta)
+            json.dumps(metrics)
+        except (TypeError, ValueError) as e:
+            raise TypeError(
+                f"checkpoint metadata and metrics must be JSON-serialisable: {e}"
+            ) from e
+        self._flush()
+        if self._step_dir(step).exists():
+            if not force:
+                raise FileExistsError(
+                    f"checkpoint step {step} already exists in {self.directory}; nothing was "
+                    "written (pass force=True to replace it)"
+                )
+            self._manager.reload()
+            self._manager.delete(step)
+        args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))
+        self._manager.save(
+            step, args=args, metrics=metrics if self._best_metric else None, force=True
+        )
+        self._pending = step
+        if not self._async:
+            self._flush()
+        return True
+
+    # --- restore --------------------------------------------------------------------------
+
+    def _require_checkpoints(self):
+        if not self.directory.is_dir():
+            raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist")
+
+    def _read_meta(self, step: int) -> dict:
+        """The step's JSON item, read directly (no orbax barriers, so that a failure on one
+        process can be agreed on); CorruptCheckpointError on every process if any fails."""
+        meta, error = None, None
+        try:
+            meta = json.loads((self._step_dir(step) / META_FILE).read_text())
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                error = f"{META_FILE} is not dllm_jax checkpoint metadata (format {FORMAT})"
+        except Exception as e:  # noqa: BLE001 - any read failure means a damaged step
+            error = f"{META_FILE} unreadable ({_short(e)})"
+        if not _all_processes(error is None):
+            raise CorruptCheckpointError(error or f"{META_FILE} unreadable on another process")
+        return meta
+
+    def _restore_step(self, step: int, abstract) -> tuple[Any, dict]:
+        """Restore one step; CorruptCheckpointError for damage, ValueError for a wrong target."""
+        meta = self._read_meta(step)
+        _check_target(step, abstract, meta["leaves"])
+        try:
+            args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            tree = self._manager.restore(step, args=args)["state"]
+        except Exception as e:  # noqa: BLE001 - tensorstore/orbax read errors
+            error = CorruptCheckpointError(f"arrays unreadable ({_short(e)})")
+            # orbax's restore ends in a barrier that the failing process skipped: with
+            # several processes they may now be out of step, so no fallback is attempted.
+            error.fatal = jax.process_count() > 1
+            raise error from e
+        got = _describe(tree)  # global reductions: the same on every process
+        bad = [
+            k
+            for k, want in meta["leaves"].items()
+            if want["hash"] is not None
+            and got[k]["dtype"] == want["dtype"]
+            and False
+        ]
+        if bad:
+            raise CorruptCheckpointError(f"restored values differ from those saved in {bad[:5]}")
+        return tree, meta["metadata"]
+
+    def restore(self, target, step: int | None = None) -> tuple[Any, dict]:
+        """Restore a step into the shapes, dtypes and shardings of ``target``.
+
+        Args:
+          target: pytree like the saved one, of ``jax.ShapeDtypeStruct`` with ``.sharding``
+            or of concrete arrays (their shardings are used); any mesh shape.
+          step: the step; None: the latest complete one, falling back (with a warning naming
+            the bad step) past steps that turn out damaged.
+
+        Returns:
+          (tree, metadata).
+
+        Raises:
+          FileNotFoundError: no directory, no complete checkpoint, or no such ``step``.
+          CorruptCheckpointError: ``step`` given and damaged, or every step is damaged.
+          ValueError: ``target``'s leaves or shapes differ from the checkpoint's.
+        """
+        self._flush()
+        self._require_checkpoints()
+        abstract = jax.tree.map(_abstract, target)
+        if step is not None:
+            return self._restore_explicit(operator.index(step), abstract)
+        scan = self._scan()
+        good = _primary_steps([s for s, problem in scan.items() if problem is None])
+        if not good:
+            raise FileNotFoundError(_nothing_message(self.directory, scan))
+        for s, problem in scan.items():
+            if problem is not None and s > good[-1]:
+                self._warn(s, problem, once=False)
+        errors = []
+        for s in reversed(good):
+            try:
+                return self._restore_step(s, abstract)
+            except CorruptCheckpointError as e:
+                if getattr(e, "fatal", False):
+                    raise CorruptCheckpointError(
+                        f"checkpoint step {s} in {self.directory}: {e}"
+                    ) from e
+                self._damaged[s] = str(e)
+                self._warn(s, str(e), once=False)
+                errors.append(f"step {s}: {e}")
+        raise CorruptCheckpointError(
+            f"no checkpoint in {self.directory} could be restored: " + "; ".join(errors)
+        )
+
+    def _restore_explicit(self, step: int, abstract):
+        problem = self._problem(step)
+        if problem == "no such step":
+            raise FileNotFoundError(
+                f"checkpoint step {step} not found in {self.directory}; complete steps: "
+                f"{self.all_steps()}"
+            )
+        if problem is not None:
+            raise CorruptCheckpointError(f"checkpoint step {step} in {self.directory}: {problem}")
+        try:
+            return self._restore_step(step, abstract)
+        except CorruptCheckpointError as e:
+            self._damaged[step] = str(e)
+            raise CorruptCheckpointError(
+                f"checkpoint step {step} in {self.directory} is damaged: {e}"
+            ) from e
+
+    def metadata(self, step: int | None = None) -> dict:
+        """The JSON metadata of ``step`` (default: latest complete step) without the arrays."""
+        self._flush()
+        self._require_checkpoints()
+        if step is None:
+            step = self.latest_step()
+            if step is None:
+                raise FileNotFoundError(_nothing_message(self.directory, self._scan()))
+        problem = self._problem(step)
+        if problem == "no such step":
+            raise FileNotFoundError(f"checkpoint step {step} not found in {self.directory}")
+        if problem is not None:
+            raise CorruptCheckpointError(f"checkpoint step {step} in {self.directory}: {problem}")
+        try:
+            return self._read_meta(step)["metadata"]
+        except CorruptCheckpointError as e:
+            raise CorruptCheckpointError(f"checkpoint step {step} in {self.directory}: {e}") from e
+
+    # --- lifetime -------------------------------------------------------------------------
+
+    def wait(self):
+        """Block until an asynchronous save has been committed."""
+        self._flush()
+
+    def close(self):
+        self._flush()
+        if self._manager_ is not None:
+            self._manager_.close()
+            self._manager_ = None
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _all_processes(ok: bool) -> bool:
+    """True iff ``ok`` on every JAX process, so that all of them restore the same step."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _primary_steps(steps: list[int]) -> list[int]:
+    """The primary process's list of steps, on every process."""
+    if jax.process_count() == 1:
+        return steps
+    n = int(multihost_utils.broadcast_one_to_all(np.int32(len(steps))))
+    mine = np.asarray(steps if len(steps) == n else [0] * n, np.int32)
+    return [int(s) for s in multihost_utils.broadcast_one_to_all(mine)]
+
+
+def _check_target(step: int, abstract, saved: dict[str, dict]):
+    flat = jax.tree_util.tree_flatten_with_path(abstract)[0]
+    want = {jax.tree_util.keystr(p): list(np.shape(x)) for p, x in flat}
+    missing, extra = sorted(set(saved) - set(want)), sorted(set(want) - set(saved))
+    if missing or extra:
+        raise ValueError(
+            f"target does not match checkpoint step {step}: leaves only in the checkpoint "
+            f"{missing[:5]}, only in the target {extra[:5]}"
+        )
+    shapes = [
+        f"{k}: saved {saved[k]['shape']}, target {s}"
+        for k, s in want.items()
+        if saved[k]["shape"] != s
+    ]
+    if shapes:
+        raise ValueError(f"target shapes differ from checkpoint step {step}: {shapes[:5]}")
+
+
+def _short(e: Exception) -> str:
+    """First line of an error, capped (tensorstore errors embed whole specs)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text[:200]}"
+
+
+def _nothing_message(directory, scan: dict[int, str | None]) -> str:
+    if not scan:
+        return f"no checkpoint in {directory} (the directory has no step directories)"
+    bad = "; ".join(f"step {s}: {p}" for s, p in scan.items())
+    return f"no complete checkpoint in {directory} ({bad})"

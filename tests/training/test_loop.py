@@ -1,0 +1,109 @@
+"""The host loop: bitwise resume, metrics files, and refusing bad run directories."""
+
+import json
+import shutil
+
+import pytest
+
+from dllm_jax.config import ExperimentConfig, ModelConfig
+from dllm_jax.data.corpus import embedded_corpus
+from dllm_jax.data.tokenizer import Tokenizer
+from dllm_jax.training.loop import load_run, train, with_overrides
+from experiments import configs
+
+
+def tiny(process="masked", steps=6):
+    exp = configs.shrink(configs.quickstart(process))
+    return with_overrides(exp, train={"steps": steps},
+                          loop={"log_every": 1, "eval_every": 3, "checkpoint_every": 3})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """An interrupted-then-resumed run and an uninterrupted one, same config."""
+    root = tmp_path_factory.mktemp("runs")
+    exp = tiny()
+    first = train(exp, root / "resumed", stop_at=3, verbose=False)
+    second = train(exp, root / "resumed", verbose=False)
+    whole = train(exp, root / "whole", verbose=False)
+    return exp, root, first, second, whole
+
+
+def test_resume_is_bitwise_identical(runs):
+    _, _, first, second, whole = runs
+    assert second["start_step"] == 3
+    assert first["losses"] + second["losses"] == whole["losses"]  # exact float equality
+    assert len(whole["losses"]) == 6
+    assert second["val_loss"] == whole["val_loss"]
+    assert second["samples"] == whole["samples"]
+
+
+def test_metrics_jsonl_and_tensorboard_agree(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, root, *_ , whole = runs
+    records = [json.loads(line) for line in (root / "whole" / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["loss"] for r in records if "loss" in r]
+    assert logged == pytest.approx(whole["losses"], rel=0, abs=0)
+    assert any("val_loss" in r and "samples" in r for r in records)
+    acc = EventAccumulator(str(root / "whole"))
+    acc.Reload()
+    tb = [e.value for e in acc.Scalars("loss")]
+    assert tb == pytest.approx(whole["losses"], rel=1e-6)  # float32 in the event proto
+    assert [e.step for e in acc.Scalars("loss")] == list(range(1, 7))
+
+
+def test_load_run_restores_final_params(runs):
+    exp, root, *_ = runs
+    loaded_exp, _, _, tok, _, step = load_run(root / "whole")
+    assert loaded_exp == exp and step == 6 and tok.num_tokens == exp.model.num_tokens
+
+
+def test_incompatible_config_is_refused_and_nothing_overwritten(runs):
+    exp, root, *_ = runs
+    run_dir = root / "whole"
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    other = with_overrides(exp, model={"d_model": 64})
+    with pytest.raises(ValueError, match=r"model.d_model: checkpoint has 32, config has 64"):
+        train(other, run_dir, verbose=False)
+    after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_tokenizer_mismatch_is_refused(runs, tmp_path):
+    exp, root, *_ = runs
+    run_dir = tmp_path / "swapped"
+    shutil.copytree(root / "whole", run_dir)
+    texts = embedded_corpus("train").texts[:2000]
+    Tokenizer.train(texts, exp.model.num_tokens, run_dir / "tokenizer.model", model_type="bpe", seed=1,
+                    character_coverage=0.99)
+    with pytest.raises(ValueError, match="tokenizer does not match"):
+        train(exp, run_dir, verbose=False)
+
+
+def test_tokenizer_vocab_must_match_model(tmp_path):
+    texts = embedded_corpus("train").texts[:500]
+    path = tmp_path / "small.model"
+    Tokenizer.train(texts, 400, path)
+    exp = with_overrides(tiny(), data={"tokenizer": str(path)})
+    with pytest.raises(ValueError, match="tokenizer has 400 pieces but ModelConfig.num_tokens=2048"):
+        train(exp, tmp_path / "run", verbose=False)
+
+
+def test_missing_and_empty_corpus(tmp_path):
+    missing = with_overrides(tiny(), data={"source": f"local:{tmp_path / 'nope'}"})
+    with pytest.raises((ValueError, FileNotFoundError), match="nope"):
+        train(missing, tmp_path / "run1", verbose=False)
+    (tmp_path / "empty").mkdir()
+    empty = with_overrides(tiny(), data={"source": f"local:{tmp_path / 'empty'}"})
+    with pytest.raises(ValueError, match="empty|no "):
+        train(empty, tmp_path / "run2", verbose=False)
+
+
+def test_sequence_longer_than_model_is_refused():
+    exp = tiny()
+    with pytest.raises(ValueError, match="sequence length 64 exceeds the model's max_len=32"):
+        with_overrides(exp, train={"seq_len": 64})
+    with pytest.raises(ValueError, match="causal"):
+        ExperimentConfig("x", ModelConfig(num_tokens=2048), noise=exp.noise.__class__(process="ar"),
+                         data=exp.data)
