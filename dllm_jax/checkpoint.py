@@ -54,6 +54,13 @@ class IncompleteCheckpointWarning(UserWarning):
     """A checkpoint step was skipped because it is incomplete or damaged."""
 
 
+class _UnrecoverableError(CorruptCheckpointError):
+    """A read failed on this process in a multi-process restore: no fallback is safe."""
+
+
+_NO_SUCH_STEP = "no such step"
+
+
 # --- fingerprints: a positional hash of every array leaf, independent of the sharding ----
 
 
@@ -240,7 +247,7 @@ class Checkpointer:
             tmp = [p.name for p in self.directory.glob(f"{step}{TMP_SUFFIX}*")]
             if tmp:
                 return f"interrupted save: only the temporary directory {tmp[0]} exists"
-            return "no such step"
+            return _NO_SUCH_STEP
         if not (root / COMMIT_MARKER).exists():
             return f"no commit marker {COMMIT_MARKER}: the save did not finish"
         for item in ("state", META_FILE):
@@ -389,18 +396,17 @@ class Checkpointer:
             args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
             tree = self._manager.restore(step, args=args)["state"]
         except Exception as e:  # noqa: BLE001 - tensorstore/orbax read errors
-            error = CorruptCheckpointError(f"arrays unreadable ({_short(e)})")
-            # orbax's restore ends in a barrier that the failing process skipped: with
-            # several processes they may now be out of step, so no fallback is attempted.
-            error.fatal = jax.process_count() > 1
-            raise error from e
+            # orbax's restore ends in a barrier that a failing process skips: with several
+            # processes they may now be out of step, so no fallback is attempted.
+            kind = _UnrecoverableError if jax.process_count() > 1 else CorruptCheckpointError
+            raise kind(f"arrays unreadable ({_short(e)})") from e
         got = _describe(tree)  # global reductions: the same on every process
         bad = [
             k
             for k, want in meta["leaves"].items()
             if want["hash"] is not None
             and got[k]["dtype"] == want["dtype"]
-            and False
+            and got[k]["hash"] != want["hash"]
         ]
         if bad:
             raise CorruptCheckpointError(f"restored values differ from those saved in {bad[:5]}")
@@ -439,11 +445,9 @@ class Checkpointer:
         for s in reversed(good):
             try:
                 return self._restore_step(s, abstract)
+            except _UnrecoverableError as e:
+                raise CorruptCheckpointError(f"checkpoint step {s} in {self.directory}: {e}") from e
             except CorruptCheckpointError as e:
-                if getattr(e, "fatal", False):
-                    raise CorruptCheckpointError(
-                        f"checkpoint step {s} in {self.directory}: {e}"
-                    ) from e
                 self._damaged[s] = str(e)
                 self._warn(s, str(e), once=False)
                 errors.append(f"step {s}: {e}")
@@ -451,22 +455,24 @@ class Checkpointer:
             f"no checkpoint in {self.directory} could be restored: " + "; ".join(errors)
         )
 
-    def _restore_explicit(self, step: int, abstract):
+    def _require_step(self, step: int):
+        """Raise unless ``step`` passes the cheap completeness checks."""
         problem = self._problem(step)
-        if problem == "no such step":
+        if problem == _NO_SUCH_STEP:
             raise FileNotFoundError(
                 f"checkpoint step {step} not found in {self.directory}; complete steps: "
                 f"{self.all_steps()}"
             )
         if problem is not None:
             raise CorruptCheckpointError(f"checkpoint step {step} in {self.directory}: {problem}")
+
+    def _restore_explicit(self, step: int, abstract):
+        self._require_step(step)
         try:
             return self._restore_step(step, abstract)
         except CorruptCheckpointError as e:
             self._damaged[step] = str(e)
-            raise CorruptCheckpointError(
-                f"checkpoint step {step} in {self.directory} is damaged: {e}"
-            ) from e
+            raise CorruptCheckpointError(f"checkpoint step {step} in {self.directory}: {e}") from e
 
     def metadata(self, step: int | None = None) -> dict:
         """The JSON metadata of ``step`` (default: latest complete step) without the arrays."""
@@ -476,11 +482,7 @@ class Checkpointer:
             step = self.latest_step()
             if step is None:
                 raise FileNotFoundError(_nothing_message(self.directory, self._scan()))
-        problem = self._problem(step)
-        if problem == "no such step":
-            raise FileNotFoundError(f"checkpoint step {step} not found in {self.directory}")
-        if problem is not None:
-            raise CorruptCheckpointError(f"checkpoint step {step} in {self.directory}: {problem}")
+        self._require_step(step)
         try:
             return self._read_meta(step)["metadata"]
         except CorruptCheckpointError as e:
