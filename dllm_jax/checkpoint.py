@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import operator
+import os
 import re
 import warnings
 from typing import Any
@@ -175,7 +176,9 @@ class Checkpointer:
             raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep}")
         if best_mode not in ("min", "max"):
             raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
-        self.directory = epath.Path(directory)
+        path = epath.Path(directory)
+        # Orbax requires absolute local paths; remote ones (gs://...) already are.
+        self.directory = path if "://" in str(directory) else epath.Path(os.path.abspath(directory))
         self._max_to_keep = max_to_keep
         self._best_metric = best_metric
         self._best_mode = best_mode

@@ -363,3 +363,13 @@ def test_fingerprint_sees_moved_and_flipped_elements():
     assert int(_leaf_hash(flipped)) != h
     assert int(_leaf_hash(x + 0.0)) == h
     assert int(_leaf_hash(x.astype(jnp.bfloat16))) != int(_leaf_hash(x.astype(jnp.bfloat16) + 1))
+
+
+def test_relative_directory_works(tmp_path, monkeypatch):
+    """Orbax needs absolute paths; a relative directory (as CLIs pass) must still work."""
+    monkeypatch.chdir(tmp_path)
+    with Checkpointer("rel/ckpts", max_to_keep=2) as ckpt:
+        ckpt.save(1, {"x": jnp.arange(3.0)}, {"note": "relative"})
+        ckpt.wait()
+    tree, meta = Checkpointer("rel/ckpts").restore({"x": jnp.zeros(3)})
+    assert meta["note"] == "relative" and np.array_equal(np.asarray(tree["x"]), np.arange(3.0))

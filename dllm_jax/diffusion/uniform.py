@@ -23,7 +23,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from dllm_jax.diffusion.base import NoiseProcess, per_example_uniform
+from dllm_jax.diffusion.base import NoiseProcess
 
 
 @dataclasses.dataclass(frozen=True)

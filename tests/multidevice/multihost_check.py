@@ -22,7 +22,6 @@ from dllm_jax.training.distributed import maybe_initialize_distributed  # noqa: 
 maybe_initialize_distributed()
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from dllm_jax.config import MeshConfig, ModelConfig, NoiseConfig, TrainConfig  # noqa: E402
 from dllm_jax.data import MarkovChain, batches  # noqa: E402

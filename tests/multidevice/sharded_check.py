@@ -57,9 +57,9 @@ def main():
     print(json.dumps({
         "losses_1": l1,
         "losses_8": l8,
-        "max_param_diff": max(float(np.abs(a - b).max()) for a, b in zip(p1, p8)),
-        "max_ema_diff": max(float(np.abs(a - b).max()) for a, b in zip(e1, e8)),
-        "ema_moved": max(float(np.abs(a - b).max()) for a, b in zip(e8, p8)),
+        "max_param_diff": max(float(np.abs(a - b).max()) for a, b in zip(p1, p8, strict=False)),
+        "max_ema_diff": max(float(np.abs(a - b).max()) for a, b in zip(e1, e8, strict=False)),
+        "ema_moved": max(float(np.abs(a - b).max()) for a, b in zip(e8, p8, strict=False)),
         "born": born,
         "param_dtypes": sorted({str(x.dtype) for x in p8}),
     }))
