@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,6 +35,17 @@ def attention_mask(kind: str, q_len: int, kv_len: int | None = None, block_size:
     return jnp.asarray(mask)
 
 
+class KVCache(NamedTuple):
+    """Keys and values of the positions decoded so far, preallocated at the model's max_len.
+
+    Shapes (B, S, H, K) inside one layer; the model's cache stacks layers in front,
+    (N, B, S, H, K). Entries at positions not yet decoded are ignored (masked).
+    """
+
+    k: jax.Array
+    v: jax.Array
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention with rotary positions; softmax in float32."""
 
@@ -52,6 +65,28 @@ class Attention(nnx.Module):
         q_BLHK = constrain(q_BLHK, "batch", "length", "act_heads", None)
         out_BLHK = attend(q_BLHK, k_BLHK, v_BLHK, mask_LS)
         return self.o(out_BLHK)
+
+    def decode(self, x_B1D, position, cache: KVCache, sin, cos):
+        """Causal attention of one new position to itself and the cached earlier ones.
+
+        Args:
+          x_B1D: the normalised input at ``position``, shape (B, 1, D).
+          position: int32 scalar (may be traced), the index of this position.
+          cache: this layer's ``KVCache`` of shape (B, S, H, K).
+
+        Returns:
+          (out_B1D, cache with this position's key and value written at ``position``).
+        """
+        positions_B1 = jnp.full((x_B1D.shape[0], 1), position, jnp.int32)
+        q_B1HK = apply_rotary(self.q(x_B1D), positions_B1, sin, cos)
+        k_B1HK = apply_rotary(self.k(x_B1D), positions_B1, sin, cos)
+        v_B1HK = self.v(x_B1D)
+        start = (0, position, 0, 0)
+        k_BSHK = jax.lax.dynamic_update_slice(cache.k, k_B1HK.astype(cache.k.dtype), start)
+        v_BSHK = jax.lax.dynamic_update_slice(cache.v, v_B1HK.astype(cache.v.dtype), start)
+        mask_1S = (jnp.arange(k_BSHK.shape[1]) <= position)[None, :]
+        out_B1HK = attend(q_B1HK, k_BSHK, v_BSHK, mask_1S)
+        return self.o(out_B1HK), KVCache(k_BSHK, v_BSHK)
 
 
 def attend(q_BLHK, k_BSHK, v_BSHK, mask_LS):

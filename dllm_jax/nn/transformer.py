@@ -4,6 +4,8 @@ Pre-norm blocks (RMSNorm, rotary attention, SwiGLU), stacked with ``nnx.vmap`` a
 with ``nnx.scan`` so compile time does not grow with depth. The attention mask kind
 (bidirectional / causal / block-causal) is a config field. Optional time conditioning is
 DiT-style adaLN-Zero: every block gets (shift, scale, gate) for both sub-layers from t.
+Causal models also decode one position at a time against a preallocated KV cache
+(``init_cache`` / ``decode_step``); the caller owns the cache and carries it in its scan.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dllm_jax.config import ModelConfig
-from dllm_jax.nn.attention import Attention, attention_mask
+from dllm_jax.nn.attention import Attention, KVCache, attention_mask
 from dllm_jax.nn.layers import Embed, Linear, RMSNorm, SwiGLU, rotary_tables, timestep_embedding
 from dllm_jax.sharding import constrain
 
@@ -43,17 +45,33 @@ class Block(nnx.Module):
         )
 
     def __call__(self, x_BLD, mask_LS, positions_BL, sin, cos, cond_BC):
+        def attend(h_BLD):
+            return self.attn(h_BLD, mask_LS, positions_BL, sin, cos), None
+
+        return self._residual(x_BLD, attend, cond_BC)[0]
+
+    def decode(self, x_B1D, position, cache: KVCache, sin, cos, cond_BC):
+        """One new position against this layer's cache: (x_B1D, cache with it written)."""
+
+        def attend(h_B1D):
+            return self.attn.decode(h_B1D, position, cache, sin, cos)
+
+        return self._residual(x_B1D, attend, cond_BC)
+
+    def _residual(self, x_BLD, attend, cond_BC):
+        """The two pre-norm residual sub-layers; ``attend(h) -> (out, aux)``, aux passed out."""
         if self.modulation is None:
-            x_BLD = x_BLD + self.attn(self.attn_norm(x_BLD), mask_LS, positions_BL, sin, cos)
+            out_BLD, aux = attend(self.attn_norm(x_BLD))
+            x_BLD = x_BLD + out_BLD
             x_BLD = x_BLD + self.mlp(self.mlp_norm(x_BLD))
         else:
             mod_B6D = self.modulation(cond_BC).astype(x_BLD.dtype)
             sh1, sc1, g1, sh2, sc2, g2 = (mod_B6D[:, i] for i in range(6))
-            h = _modulate(self.attn_norm(x_BLD), sh1, sc1)
-            x_BLD = x_BLD + g1[:, None, :] * self.attn(h, mask_LS, positions_BL, sin, cos)
+            out_BLD, aux = attend(_modulate(self.attn_norm(x_BLD), sh1, sc1))
+            x_BLD = x_BLD + g1[:, None, :] * out_BLD
             h = _modulate(self.mlp_norm(x_BLD), sh2, sc2)
             x_BLD = x_BLD + g2[:, None, :] * self.mlp(h)
-        return constrain(x_BLD, "batch", "length", "act_embed")
+        return constrain(x_BLD, "batch", "length", "act_embed"), aux
 
 
 class Transformer(nnx.Module):
@@ -107,6 +125,53 @@ class Transformer(nnx.Module):
             return body(block, x, mask, pos, s, c, cond)
 
         x_BLD = run(self.blocks, x_BLD, mask_LS, positions_BL, sin, cos, cond_BC)
+        return self._logits(x_BLD, cond_BC)
+
+    def init_cache(self, batch: int) -> KVCache:
+        """An empty KV cache for ``decode_step``: k and v of shape (N, B, max_len, H, K)."""
+        c = self.config
+        shape = (c.num_layers, batch, c.max_len, c.num_heads, c.head_dim)
+        return KVCache(jnp.zeros(shape, _dtype(c)), jnp.zeros(shape, _dtype(c)))
+
+    def decode_step(self, tokens_B, position, cache: KVCache):
+        """Logits of one new position of a causal model, attending to the cached past.
+
+        Equal (to float rounding) to ``self(inputs_BL)[:, position]`` when the cache holds
+        positions ``< position`` of ``inputs_BL`` and ``tokens_B = inputs_BL[:, position]``.
+        Shapes are static, so a ``jax.lax.scan`` over positions compiles one step.
+
+        Args:
+          tokens_B: input token ids at ``position``, shape (B,).
+          position: int32 scalar (may be traced), ``0 <= position < max_len``.
+          cache: ``KVCache`` of shape (N, B, max_len, H, K), e.g. from ``init_cache``.
+
+        Returns:
+          (logits_BV float32, cache with this position's keys and values written).
+
+        Raises:
+          ValueError: if the model is not causal, or is time-conditioned (AR models are not).
+        """
+        config = self.config
+        if config.attention != "causal" or config.time_conditioning:
+            raise ValueError(
+                "decode_step needs a causal model without time conditioning, got "
+                f"attention={config.attention!r}, time_conditioning={config.time_conditioning}"
+            )
+        sin, cos = rotary_tables(config.max_len, config.head_dim, config.rope_theta)
+        x_B1D = constrain(self.embed(tokens_B[:, None]), "batch", "length", "act_embed")
+
+        @nnx.scan(
+            in_axes=(0, nnx.Carry, 0, None, None, None),
+            out_axes=(nnx.Carry, 0),
+            transform_metadata=_LAYERS,
+        )
+        def run(block, x, layer_cache, pos, s, c):
+            return block.decode(x, pos, layer_cache, s, c, None)
+
+        x_B1D, cache = run(self.blocks, x_B1D, cache, position, sin, cos)
+        return self._logits(x_B1D, None)[:, 0], cache
+
+    def _logits(self, x_BLD, cond_BC):
         h_BLD = self.final_norm(x_BLD)
         if cond_BC is not None:
             mod = self.final_modulation(cond_BC).astype(h_BLD.dtype)

@@ -25,7 +25,7 @@ LN2 = math.log(2.0)
 
 
 def _apply_fn(graphdef, params):
-    model = nnx.merge(graphdef, params)
+    model = nnx.merge(graphdef, params, copy=True)  # params may be closed over by a jit
     return lambda tokens_BL, t_B: model(tokens_BL, t_B)
 
 
