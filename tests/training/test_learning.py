@@ -18,7 +18,7 @@ from dllm_jax.training import create_train_state, jit_train_step, make_eval_step
 V, L = 8, 16
 CHAIN = MarkovChain(V, branching=2, seed=0)
 TOLERANCE = {"masked": 0.10, "ar": 0.10, "uniform": 0.25}
-STEPS = {"masked": 600, "ar": 400, "uniform": 600}
+STEPS = {"masked": 600, "ar": 400, "uniform": 800}
 
 
 def train_and_eval(process: str) -> float:
