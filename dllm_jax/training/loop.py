@@ -26,7 +26,7 @@ from dllm_jax.data.tokenizer import Tokenizer
 from dllm_jax.diffusion import ARObjective, make_objective
 from dllm_jax.nn.model import apply_model
 from dllm_jax.sampling import ancestral, example_keys, sample
-from dllm_jax.sampling.autoregressive import ar_sample_reference
+from dllm_jax.sampling.kv_decode import ar_sample_cached
 from dllm_jax.sharding import make_mesh
 from dllm_jax.training.metrics_log import MetricsLogger
 from dllm_jax.training.state import create_train_state
@@ -97,7 +97,7 @@ class Sampler:
             g = self.graphdef
             if isinstance(self.objective, ARObjective):
                 bos = self.objective.bos_id
-                fn = lambda p, k: ar_sample_reference(lambda x: apply_model(g, p, x, None), k, length, bos)
+                fn = lambda p, k: ar_sample_cached(g, p, k, length, bos)
             else:
                 rule = ancestral(self.objective)
                 fn = lambda p, k: sample(lambda x, t: apply_model(g, p, x, t), rule, k, length, num_steps)[0]

