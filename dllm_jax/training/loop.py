@@ -34,7 +34,8 @@ from dllm_jax.training.step import jit_train_step, make_eval_step, make_train_st
 
 LN2 = math.log(2.0)
 # Fields that must match to resume: everything that shapes the state or the data stream.
-_RESUME_KEYS = ("model", "noise", "data", "mesh")
+# The mesh may change: checkpoints restore into whatever sharding the new mesh gives.
+_RESUME_KEYS = ("model", "noise", "data")
 
 
 def _say(*args):
@@ -51,7 +52,7 @@ def check_compatible(saved: dict, exp: ExperimentConfig) -> None:
             old = saved.get(key, {}).get(field)
             if isinstance(old, list):
                 old = tuple(old)
-            if old != value and not (key == "mesh"):
+            if old != value:
                 diffs.append(f"{key}.{field}: checkpoint has {old!r}, config has {value!r}")
     if diffs:
         raise ValueError("run directory holds a checkpoint from an incompatible config:\n  " + "\n  ".join(diffs))
