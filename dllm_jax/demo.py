@@ -24,6 +24,7 @@ from dllm_jax.nn import apply_model
 from dllm_jax.sampling import ancestral, example_keys, sample
 from dllm_jax.sharding import make_mesh
 from dllm_jax.training import create_train_state, jit_train_step, make_eval_step, make_train_step
+from dllm_jax.training.loop import evaluate
 
 V, L = 12, 24
 
@@ -44,9 +45,8 @@ def train(process: str, chain: MarkovChain, steps: int, seed: int, mesh):
     elapsed = time.perf_counter() - start
     val = chain.sample(1024, L, seed=seed + 2)
     batch = {"tokens": jnp.asarray(val), "loss_mask": jnp.ones(val.shape, bool), "index": jnp.arange(len(val))}
-    evaluate = make_eval_step(objective, graphdef, mesh, seed=seed)
-    n = 1 if process == "ar" else 16
-    bound = sum(float(evaluate(state.params, batch, (j + 0.5) / n)[0]) for j in range(n)) / n / val.size
+    eval_fn = make_eval_step(objective, graphdef, mesh, seed=seed)
+    bound = evaluate(eval_fn, state.params, [batch], 1 if process == "ar" else 16)["val_loss"]
     return graphdef, state, objective, bound, elapsed
 
 

@@ -178,6 +178,12 @@ def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = N
          f"compile {compile_s:.1f}s" + (f" | device memory {mem.get('bytes_in_use', 0) / 2**20:.0f} MiB" if mem else ""))
     logger.log(start, {"compile_seconds": compile_s})
 
+    time_points = 1 if isinstance(objective, ARObjective) else exp.loop.eval_time_points
+
+    def eval_and_sample(state):
+        params = state.ema if state.ema is not None else state.params
+        return {**evaluate(eval_fn, params, eval_data, time_points), "samples": sampler.texts(params, tok)}
+
     def run_step(state, batch):
         with jax.set_mesh(mesh):
             return compiled(state, batch)
@@ -201,11 +207,9 @@ def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = N
                      f"ETA {time.strftime('%M:%S', time.gmtime(eta))}")
             pending, t_log = [], now
         if done % exp.loop.eval_every == 0 or done == exp.train.steps:
-            params = state.ema if state.ema is not None else state.params
-            summary = evaluate(eval_fn, params, eval_data, 1 if isinstance(objective, ARObjective) else exp.loop.eval_time_points)
-            samples = sampler.texts(params, tok)
-            logger.log(done, summary, samples={str(k): v for k, v in samples.items()})
-            summary["samples"] = samples
+            summary = eval_and_sample(state)
+            logger.log(done, {k: v for k, v in summary.items() if k != "samples"},
+                       samples={str(k): v for k, v in summary["samples"].items()})
             _say(f"  eval @ {done}: {summary['val_loss']:.4f} nats/token, {summary['val_bits_per_token']:.4f} "
                  f"bits/token, ppl <= {summary['val_ppl']:.2f}")
         if done % exp.loop.checkpoint_every == 0 or done == last:
@@ -216,9 +220,7 @@ def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = N
         if done % exp.loop.eval_every == 0 or done % exp.loop.checkpoint_every == 0:
             t_log = time.perf_counter()  # keep eval/checkpoint time out of tokens/s
     if not summary:  # nothing evaluated in this invocation (e.g. the run was already done)
-        params = state.ema if state.ema is not None else state.params
-        summary = evaluate(eval_fn, params, eval_data, 1 if isinstance(objective, ARObjective) else exp.loop.eval_time_points)
-        summary["samples"] = sampler.texts(params, tok)
+        summary = eval_and_sample(state)
     ckpt.wait()
     ckpt.close()
     logger.close()
