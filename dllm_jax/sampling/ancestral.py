@@ -14,79 +14,94 @@ import jax.numpy as jnp
 
 from dllm_jax.diffusion.masked import MaskedProcess
 from dllm_jax.diffusion.uniform import UniformProcess
+from dllm_jax.sampling.draws import TAG_PRIOR, TAG_TOKEN, TAG_UNMASK, Logits, categorical_BL, randint_BL, uniform_BL
 from dllm_jax.sampling.driver import StepRule
 
 
-def _times(batch, t):
+def times_B(batch, t):
     return jnp.full((batch,), t, jnp.float32)
+
+
+def masked_prior(process: MaskedProcess, keys_BL):
+    return jnp.full(keys_BL.shape, process.mask_id, jnp.int32)
+
+
+def uniform_prior(process: UniformProcess, keys_BL):
+    return randint_BL(keys_BL, TAG_PRIOR, process.num_tokens)
+
+
+def unmask_probability(process: MaskedProcess, t, s):
+    """(alpha_s - alpha_t) / (1 - alpha_t): a masked position's chance to unmask from t to s."""
+    a_t, a_s = process.schedule.alpha(t), process.schedule.alpha(s)
+    return (a_s - a_t) / (1.0 - a_t)
+
+
+def masked_ancestral_update(process, logits_BLV, tokens_BL, t, s, keys_BL, logits: Logits):
+    """One two-stage ancestral update of the masked positions (shared with the cached rule)."""
+    reveal_BL = uniform_BL(keys_BL, TAG_UNMASK) < unmask_probability(process, t, s)
+    tok_BL = categorical_BL(keys_BL, TAG_TOKEN, jax.vmap(jax.vmap(logits))(logits_BLV))
+    return jnp.where((tokens_BL == process.mask_id) & reveal_BL, tok_BL, tokens_BL)
 
 
 @dataclasses.dataclass(frozen=True)
 class MaskedAncestral(StepRule):
     """MDLM/MD4 ancestral step: each masked position unmasks with probability
-    (alpha_s - alpha_t) / (1 - alpha_t), to a token drawn from the denoiser."""
+    (alpha_s - alpha_t) / (1 - alpha_t), to a token drawn from the (processed) denoiser."""
 
     process: MaskedProcess
+    logits: Logits = Logits()
 
-    def prior(self, keys_B, length):
-        return self.process.prior(keys_B, length)
+    def prior(self, keys_BL):
+        return masked_prior(self.process, keys_BL)
 
-    def step(self, denoise, tokens_BL, t, s, keys_B, state):
+    def step(self, denoise, tokens_BL, t, s, keys_BL, state):
         batch = tokens_BL.shape[0]
-        logits_BLV = denoise(tokens_BL, _times(batch, t))
-        a_t, a_s = self.process.schedule.alpha(t), self.process.schedule.alpha(s)
-        p_unmask = (a_s - a_t) / (1.0 - a_t)
-        mask_id = self.process.mask_id
-
-        def one(key, logits_LV, x_L):
-            k_u, k_tok = jax.random.split(key)
-            reveal = jax.random.uniform(k_u, x_L.shape) < p_unmask
-            tok_L = jax.random.categorical(k_tok, logits_LV).astype(x_L.dtype)
-            return jnp.where((x_L == mask_id) & reveal, tok_L, x_L)
-
-        new_BL = jax.vmap(one)(keys_B, logits_BLV, tokens_BL)
+        logits_BLV = denoise(tokens_BL, times_B(batch, t))
+        new_BL = masked_ancestral_update(self.process, logits_BLV, tokens_BL, t, s, keys_BL, self.logits)
         return new_BL, jnp.ones((batch,), jnp.int32), state
+
+
+def uniform_posterior_logits(process: UniformProcess, probs_BLV, tokens_BL, t, s):
+    """Log of p(x_s = j | x_t = x) ∝ q_{t|s}(x | j) (alpha_s w_j + beta_s W), per position.
+
+    With w_a = p_a beta_t / q_t(x | a) and W = sum_a w_a, beta = (1 - alpha) / V.
+    """
+    V = process.num_tokens
+    a_t, a_s = process.schedule.alpha(t), process.schedule.alpha(s)
+    beta_t, beta_s = (1.0 - a_t) / V, (1.0 - a_s) / V
+    is_x = jax.nn.one_hot(tokens_BL, V, dtype=bool)
+    w = jnp.where(is_x, probs_BLV * beta_t / (beta_t + a_t), probs_BLV)
+    mix = a_s * w + beta_s * jnp.sum(w, axis=-1, keepdims=True)
+    a_ts = a_t / a_s
+    back = jnp.where(is_x, a_ts, 0.0) + (1.0 - a_ts) / V  # q(x_t = x | x_s = j)
+    return jnp.log(back * mix)
 
 
 @dataclasses.dataclass(frozen=True)
 class UniformAncestral(StepRule):
     """Uniform-process ancestral step: x_s^l ~ sum_a p(a | x_t) q(x_s^l | x_t^l, x_0^l = a).
 
-    With w_a = p_a beta_t / q_t(x | a) and W = sum_a w_a,
-    p(x_s = j | x_t = x) ∝ q_{t|s}(x | j) (alpha_s w_j + beta_s W), beta = (1 - alpha) / V.
     Every position may change at every step: written tokens are revised.
     """
 
     process: UniformProcess
+    logits: Logits = Logits()
 
-    def prior(self, keys_B, length):
-        return self.process.prior(keys_B, length)
+    def prior(self, keys_BL):
+        return uniform_prior(self.process, keys_BL)
 
-    def step(self, denoise, tokens_BL, t, s, keys_B, state):
+    def step(self, denoise, tokens_BL, t, s, keys_BL, state):
         batch = tokens_BL.shape[0]
-        V = self.process.num_tokens
-        logits_BLV = denoise(tokens_BL, _times(batch, t))
-        probs_BLV = jax.nn.softmax(logits_BLV.astype(jnp.float32), axis=-1)
-        a_t, a_s = self.process.schedule.alpha(t), self.process.schedule.alpha(s)
-        beta_t, beta_s = (1.0 - a_t) / V, (1.0 - a_s) / V
-        is_x = jax.nn.one_hot(tokens_BL, V, dtype=bool)
-        w = jnp.where(is_x, probs_BLV * beta_t / (beta_t + a_t), probs_BLV)
-        mix = a_s * w + beta_s * jnp.sum(w, axis=-1, keepdims=True)
-        a_ts = a_t / a_s
-        back = jnp.where(is_x, a_ts, 0.0) + (1.0 - a_ts) / V  # q(x_t = x | x_s = j)
-        logits = jnp.log(back * mix)
-
-        def one(key, logits_LV):
-            return jax.random.categorical(key, logits_LV).astype(tokens_BL.dtype)
-
-        return jax.vmap(one)(keys_B, logits), jnp.ones((batch,), jnp.int32), state
+        logits_BLV = jax.vmap(jax.vmap(self.logits))(denoise(tokens_BL, times_B(batch, t)))
+        post = uniform_posterior_logits(self.process, jnp.exp(logits_BLV), tokens_BL, t, s)
+        return categorical_BL(keys_BL, TAG_TOKEN, post), jnp.ones((batch,), jnp.int32), state
 
 
-def ancestral(process) -> StepRule:
+def ancestral(process, logits: Logits = Logits()) -> StepRule:
     """The ancestral step rule of a noise process."""
     rules = {MaskedProcess: MaskedAncestral, UniformProcess: UniformAncestral}
     for kind, rule in rules.items():
         if isinstance(process, kind):
-            return rule(process)
+            return rule(process, logits)
     raise ValueError(f"no ancestral step rule for {type(process).__name__}; expected one of "
                      f"{[k.__name__ for k in rules]}")

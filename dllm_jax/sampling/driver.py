@@ -2,8 +2,9 @@
 
 The driver never sees a model: it receives ``denoise(tokens_BL, t_B) -> logits_BLV`` and a
 step rule (a frozen dataclass, hashable, so it can be a static jit argument). Randomness
-is per example: example keys come from (seed, example index), and the key of step k is
-``fold_in(example_key, k)``, so an example's sample does not depend on its batch-mates.
+is per example and position: example keys come from (seed, example index); the key of a
+position at step k is ``fold_in(fold_in(example_key, k), position)`` (``draws.position_keys``),
+so an example's sample depends neither on its batch-mates nor on the canvas it sits in.
 """
 
 from __future__ import annotations
@@ -14,26 +15,33 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from dllm_jax.sampling.draws import position_keys, prior_keys
+
 Denoise = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 class StepRule(abc.ABC):
     """One denoising update from time t to s < t.
 
-    Subclasses are frozen dataclasses. ``step`` returns the new tokens, the number of
-    network evaluations spent per example (B,), and the rule's carried state.
+    Subclasses are frozen dataclasses (hashable: a static jit argument). ``step`` gets one
+    key per position (``keys_BL``, see ``draws``) and returns the new tokens, the network
+    evaluations spent per example (B,), and the rule's carried state. Positions the caller
+    fixed (prompts, infill, padding) are restored by the driver after every step.
     """
 
     def init_state(self, tokens_BL):
         """State carried through the scan (e.g. a cache); none by default."""
         return ()
 
-    @abc.abstractmethod
-    def prior(self, keys_B, length: int):
-        """The fully corrupted starting sequence, (B, length)."""
+    def check_denoiser(self, denoise) -> None:
+        """Raise if this rule is invalid for ``denoise`` (e.g. a cache needing t-independence)."""
 
     @abc.abstractmethod
-    def step(self, denoise: Denoise, tokens_BL, t, s, keys_B, state):
+    def prior(self, keys_BL):
+        """The fully corrupted starting tokens, (B, L), from one key per position."""
+
+    @abc.abstractmethod
+    def step(self, denoise: Denoise, tokens_BL, t, s, keys_BL, state):
         """Returns (tokens_BL, nfe_B, state)."""
 
 
@@ -54,7 +62,9 @@ def check_num_steps(num_steps) -> int:
     return num_steps
 
 
-def run_sampler(denoise: Denoise, rule: StepRule, init_BL, keys_B, num_steps: int, fixed_BL=None):
+def run_sampler(
+    denoise: Denoise, rule: StepRule, init_BL, keys_B, num_steps: int, fixed_BL=None, positions_L=None
+):
     """Run K = ``num_steps`` steps of ``rule`` from ``init_BL``.
 
     Args:
@@ -64,18 +74,22 @@ def run_sampler(denoise: Denoise, rule: StepRule, init_BL, keys_B, num_steps: in
       keys_B: one key per example (``example_keys``).
       num_steps: K, static.
       fixed_BL: optional bool mask of positions that are never changed (prompts, infill).
+      positions_L: absolute positions of the canvas columns (default 0..L-1), for keys.
 
     Returns:
       (tokens_BL, nfe_B): final tokens and network evaluations spent per example.
     """
     check_num_steps(num_steps)
+    rule.check_denoiser(denoise)
     grid = time_grid(num_steps)
-    batch = init_BL.shape[0]
+    batch, length = init_BL.shape
+    if positions_L is None:
+        positions_L = jnp.arange(length)
 
     def body(carry, k):
         tokens_BL, nfe_B, state = carry
-        step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys_B, k)
-        new_BL, used_B, state = rule.step(denoise, tokens_BL, grid[k], grid[k + 1], step_keys, state)
+        keys_BL = position_keys(keys_B, k, positions_L)
+        new_BL, used_B, state = rule.step(denoise, tokens_BL, grid[k], grid[k + 1], keys_BL, state)
         if fixed_BL is not None:
             new_BL = jnp.where(fixed_BL, init_BL, new_BL)
         return (new_BL, nfe_B + used_B, state), None
@@ -87,7 +101,7 @@ def run_sampler(denoise: Denoise, rule: StepRule, init_BL, keys_B, num_steps: in
 
 def sample(denoise: Denoise, rule: StepRule, keys_B, length: int, num_steps: int, prompt_BL=None, fixed_BL=None):
     """Draw samples: start from the rule's prior, keep ``fixed_BL`` positions of ``prompt_BL``."""
-    init_BL = rule.prior(keys_B, length)
+    init_BL = rule.prior(prior_keys(keys_B, jnp.arange(length)))
     if prompt_BL is not None:
         if fixed_BL is None:
             raise ValueError("prompt_BL needs fixed_BL, the mask of positions to keep")

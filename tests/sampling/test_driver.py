@@ -15,6 +15,7 @@ from dllm_jax.config import MeshConfig, ModelConfig, NoiseConfig, special_ids
 from dllm_jax.diffusion import make_objective
 from dllm_jax.nn import apply_model, create_model
 from dllm_jax.sampling import ancestral, example_keys, run_sampler, sample
+from dllm_jax.sampling.draws import prior_keys
 from dllm_jax.sharding import make_mesh
 
 TINY = ModelConfig(num_tokens=11, d_model=32, num_heads=4, num_layers=2, max_len=16)
@@ -52,7 +53,7 @@ def test_hlo_does_not_grow_with_num_steps(model):
     graphdef, params = model
     rule = _rule("masked")
     keys_B = example_keys(0, jnp.arange(4))
-    init_BL = rule.prior(keys_B, LENGTH)
+    init_BL = rule.prior(prior_keys(keys_B, jnp.arange(LENGTH)))
     texts, compile_s = {}, {}
     for num_steps in (8, 256):
         fn = jax.jit(lambda p, x, k, K=num_steps: run_sampler(_denoise(graphdef, p), rule, x, k, K))
@@ -76,7 +77,7 @@ def test_bad_num_steps_raise(num_steps):
     with pytest.raises(ValueError, match=f"num_steps.*got {num_steps}"):
         sample(denoise, rule, keys_B, LENGTH, num_steps)
     with pytest.raises(ValueError, match=f"num_steps.*got {num_steps}"):
-        run_sampler(denoise, rule, rule.prior(keys_B, LENGTH), keys_B, num_steps)
+        run_sampler(denoise, rule, rule.prior(prior_keys(keys_B, jnp.arange(LENGTH))), keys_B, num_steps)
 
 
 @pytest.fixture(scope="module", params=PROCESSES)

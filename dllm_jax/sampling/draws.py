@@ -1,0 +1,96 @@
+"""Per-position randomness and logit processing shared by every step rule.
+
+Every random draw of a sampler is keyed by (example, step, absolute position, purpose):
+the driver hands a step rule one key per position (``keys_BL``), and a rule derives each
+draw with a purpose tag (``fold_in(key, tag)``). So an example's sample depends neither on
+its batch-mates nor on the canvas length it was padded to, and a resumed or block-wise
+generation draws exactly what a fresh one would at the same positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+# The "step" whose keys draw the prior (the scan's steps are 0..K-1).
+PRIOR_STEP = 2**31 - 1
+
+# Purpose tags: one independent stream per kind of draw.
+TAG_PRIOR, TAG_UNMASK, TAG_TOKEN, TAG_ORDER, TAG_REMASK, TAG_RENOISE, TAG_RENOISE_TOKEN = range(7)
+
+
+def _per_position(fn, keys_BL, tag, *args):
+    return jax.vmap(jax.vmap(lambda k, *a: fn(jax.random.fold_in(k, tag), *a)))(keys_BL, *args)
+
+
+def uniform_BL(keys_BL, tag: int):
+    """One float32 uniform in [0, 1) per position."""
+    return _per_position(lambda k: jax.random.uniform(k, ()), keys_BL, tag)
+
+
+def randint_BL(keys_BL, tag: int, high: int):
+    """One integer in [0, high) per position."""
+    return _per_position(lambda k: jax.random.randint(k, (), 0, high), keys_BL, tag)
+
+
+def categorical_BL(keys_BL, tag: int, logits_BLV):
+    """One draw per position from softmax(logits), int32 (B, L).
+
+    Gumbel-argmax over the V tokens only. Masked rules never include "stay masked" in this
+    draw: they decide to unmask first (a uniform against the unmask probability), then draw
+    the token here, so no token's share falls below float32's reach.
+    """
+    return _per_position(lambda k, lg: jax.random.categorical(k, lg), keys_BL, tag, logits_BLV).astype(jnp.int32)
+
+
+def prior_keys(keys_B, positions_L):
+    """Keys (B, L) of the prior draw."""
+    return position_keys(keys_B, PRIOR_STEP, positions_L)
+
+
+def position_keys(keys_B, step, positions_L):
+    """Keys (B, L) of one step: fold_in(fold_in(example_key, step), absolute position)."""
+    step_B = jax.vmap(jax.random.fold_in, (0, None))(keys_B, step)
+    return jax.vmap(lambda k: jax.vmap(lambda p: jax.random.fold_in(k, p))(positions_L))(step_B)
+
+
+@dataclasses.dataclass(frozen=True)
+class Logits:
+    """Temperature, top-k and top-p (nucleus) applied to the denoiser's logits before a draw.
+
+    ``temperature`` > 0 divides the logits; ``top_k`` > 0 keeps the k most likely tokens
+    (0: all); ``top_p`` in (0, 1] keeps the smallest set of most likely tokens whose mass
+    reaches top_p (ties at the boundary kept). The defaults change nothing.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not (isinstance(self.top_k, int) and self.top_k >= 0):
+            raise ValueError(f"top_k must be an integer >= 0 (0 keeps all tokens), got {self.top_k!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def identity(self) -> bool:
+        return self.temperature == 1.0 and self.top_k == 0 and self.top_p == 1.0
+
+    def __call__(self, logits_V):
+        """Processed log-probabilities (float32), -inf outside the kept set."""
+        logp = jax.nn.log_softmax(logits_V.astype(jnp.float32) / self.temperature, axis=-1)
+        if self.top_k and self.top_k < logp.shape[-1]:
+            kth = jax.lax.top_k(logp, self.top_k)[0][..., -1:]
+            logp = jnp.where(logp >= kth, logp, -jnp.inf)
+        if self.top_p < 1.0:
+            sorted_desc = -jnp.sort(-logp, axis=-1)
+            mass_before = jnp.cumsum(jnp.exp(sorted_desc), axis=-1) - jnp.exp(sorted_desc)
+            # The smallest probability still inside the nucleus.
+            cutoff = jnp.min(jnp.where(mass_before < self.top_p, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+            logp = jnp.where(logp >= cutoff, logp, -jnp.inf)
+        return jax.nn.log_softmax(logp, axis=-1)
