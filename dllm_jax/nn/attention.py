@@ -88,6 +88,36 @@ class Attention(nnx.Module):
         out_B1HK = attend(q_B1HK, k_BSHK, v_BSHK, mask_1S)
         return self.o(out_B1HK), KVCache(k_BSHK, v_BSHK)
 
+    def chunk(self, x_BCD, start, cache: KVCache, mask_BCS, sin, cos):
+        """A chunk of C positions from ``start`` against this layer's cache.
+
+        The chunk's keys and values are written into the cache at [start, start + C), then
+        its queries attend to the whole cache under ``mask_BCS`` (the caller's structural
+        mask and key validity). Returns (out_BCD, the cache with the chunk written).
+        """
+        B, C, _ = x_BCD.shape
+        positions_BC = jnp.broadcast_to(start + jnp.arange(C), (B, C))
+        q_BCHK = apply_rotary(self.q(x_BCD), positions_BC, sin, cos)
+        k_BCHK = apply_rotary(self.k(x_BCD), positions_BC, sin, cos)
+        v_BCHK = self.v(x_BCD)
+        at = (0, start, 0, 0)
+        k_BSHK = jax.lax.dynamic_update_slice(cache.k, k_BCHK.astype(cache.k.dtype), at)
+        v_BSHK = jax.lax.dynamic_update_slice(cache.v, v_BCHK.astype(cache.v.dtype), at)
+        out_BCHK = attend(q_BCHK, k_BSHK, v_BSHK, mask_BCS[:, None])
+        return self.o(out_BCHK), KVCache(k_BSHK, v_BSHK)
+
+
+def structural_mask(kind: str, q_pos_L, kv_pos_S, block_size: int = 1):
+    """Boolean (L, S) mask from absolute query and key positions (traced positions allowed)."""
+    qi, kj = q_pos_L[:, None], kv_pos_S[None, :]
+    if kind == "bidirectional":
+        return jnp.ones((q_pos_L.shape[0], kv_pos_S.shape[0]), bool)
+    if kind == "causal":
+        return kj <= qi
+    if kind == "block_causal":
+        return (kj // block_size) <= (qi // block_size)
+    raise ValueError(f"unknown attention kind {kind!r}; expected bidirectional, causal or block_causal")
+
 
 def attend(q_BLHK, k_BSHK, v_BSHK, mask_LS):
     """Scaled dot-product attention with a boolean mask, logits and softmax in float32."""

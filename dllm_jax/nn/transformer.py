@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dllm_jax.config import ModelConfig
-from dllm_jax.nn.attention import Attention, KVCache, attention_mask
+from dllm_jax.nn.attention import Attention, KVCache, attention_mask, structural_mask
 from dllm_jax.nn.layers import Embed, Linear, RMSNorm, SwiGLU, rotary_tables, timestep_embedding
 from dllm_jax.sharding import constrain
 
@@ -57,6 +57,14 @@ class Block(nnx.Module):
             return self.attn.decode(h_B1D, position, cache, sin, cos)
 
         return self._residual(x_B1D, attend, cond_BC)
+
+    def chunk(self, x_BCD, start, cache: KVCache, mask_BCS, sin, cos, cond_BC):
+        """A chunk of positions against this layer's cache: (x_BCD, cache with it written)."""
+
+        def attend(h_BCD):
+            return self.attn.chunk(h_BCD, start, cache, mask_BCS, sin, cos)
+
+        return self._residual(x_BCD, attend, cond_BC)
 
     def _residual(self, x_BLD, attend, cond_BC):
         """The two pre-norm residual sub-layers; ``attend(h) -> (out, aux)``, aux passed out."""
@@ -127,10 +135,13 @@ class Transformer(nnx.Module):
         x_BLD = run(self.blocks, x_BLD, mask_LS, positions_BL, sin, cos, cond_BC)
         return self._logits(x_BLD, cond_BC)
 
-    def init_cache(self, batch: int) -> KVCache:
-        """An empty KV cache for ``decode_step``: k and v of shape (N, B, max_len, H, K)."""
+    def init_cache(self, batch: int, length: int | None = None) -> KVCache:
+        """An empty KV cache: k and v of shape (N, B, length, H, K), length max_len by default."""
         c = self.config
-        shape = (c.num_layers, batch, c.max_len, c.num_heads, c.head_dim)
+        length = c.max_len if length is None else length
+        if not 1 <= length <= c.max_len:
+            raise ValueError(f"cache length must be in [1, max_len={c.max_len}], got {length}")
+        shape = (c.num_layers, batch, length, c.num_heads, c.head_dim)
         return KVCache(jnp.zeros(shape, _dtype(c)), jnp.zeros(shape, _dtype(c)))
 
     def decode_step(self, tokens_B, position, cache: KVCache):
@@ -170,6 +181,49 @@ class Transformer(nnx.Module):
 
         x_B1D, cache = run(self.blocks, x_B1D, cache, position, sin, cos)
         return self._logits(x_B1D, None)[:, 0], cache
+
+    def forward_chunk(self, tokens_BC, start, cache: KVCache, kv_valid_BS=None, t_B=None):
+        """Logits of the chunk at positions [start, start + C), reading and writing a KV cache.
+
+        The chunk's keys and values (every layer) are written into ``cache`` at its
+        positions; its queries attend to every cache position the model's attention kind
+        allows (by absolute position) and ``kv_valid_BS`` marks valid. With ``start = 0`` and
+        C = S this is the full forward pass with a key-padding mask, and it returns the whole
+        sequence's cache. Entries of other positions are used as they are: exact when they
+        hold what a full pass would compute there (a block-causal model's finished blocks),
+        an approximation otherwise (a bidirectional model's stale prefix and suffix).
+
+        Args:
+          tokens_BC: int32 (B, C).
+          start: int32 scalar, may be traced; ``start + C <= S``.
+          cache: ``KVCache`` with k, v of shape (N, B, S, H, K) (``init_cache(batch, S)``).
+          kv_valid_BS: optional bool (B, S): keys that exist (False for padding).
+          t_B: times, for a time-conditioned model.
+
+        Returns:
+          (logits_BCV float32, the cache with the chunk written).
+        """
+        config = self.config
+        B, C = tokens_BC.shape
+        S = cache.k.shape[2]
+        sin, cos = rotary_tables(config.max_len, config.head_dim, config.rope_theta)
+        mask_CS = structural_mask(config.attention, start + jnp.arange(C), jnp.arange(S), config.block_size)
+        mask_BCS = jnp.broadcast_to(mask_CS, (B, C, S))
+        if kv_valid_BS is not None:
+            mask_BCS = mask_BCS & kv_valid_BS[:, None, :]
+        cond_BC = self._condition(t_B, B)
+        x_BCD = constrain(self.embed(tokens_BC), "batch", "length", "act_embed")
+
+        @nnx.scan(
+            in_axes=(0, nnx.Carry, 0, None, None, None, None, None),
+            out_axes=(nnx.Carry, 0),
+            transform_metadata=_LAYERS,
+        )
+        def run(block, x, layer_cache, st, mask, s, c, cond):
+            return block.chunk(x, st, layer_cache, mask, s, c, cond)
+
+        x_BCD, cache = run(self.blocks, x_BCD, cache, start, mask_BCS, sin, cos, cond_BC)
+        return self._logits(x_BCD, cond_BC), cache
 
     def _logits(self, x_BLD, cond_BC):
         h_BLD = self.final_norm(x_BLD)

@@ -1,0 +1,447 @@
+"""``generate``: the front door that wires a model, its KV cache and a step rule together.
+
+The canvas of row b is its prompt (positions [0, P_b)), then ``length`` positions to
+generate (known infill tokens among them stay fixed), then padding up to the batch's canvas
+length, which no position attends to. Generation runs block by block (``block_size``; one
+block spanning the canvas by default): inside a block, K steps of the step rule under
+``jax.lax.scan``; blocks are a second scan, so shapes are static and nothing recompiles
+with the prompt.
+
+Caches (``cache``):
+- ``"none"``: every step recomputes the whole canvas. Exact.
+- ``"exact"``: block-causal models (BD3-LM). A finished block's keys and values are
+  written once (one pass over the clean block) and read by every later block; equal to
+  recomputing everything, since a block-causal block never attends to later blocks.
+- ``"approximate"``: bidirectional models (Fast-dLLM's dual cache). At each block's start
+  one full pass refreshes every position's keys and values; the block's steps then
+  recompute only the block, reading the cached (stale) prefix and suffix. Not equal to
+  recomputation: ``tests/sampling/test_generate.py`` measures the agreement.
+
+Randomness is keyed by (seed, example index, block, step, absolute position), so a row's
+output depends neither on its batch-mates nor on their prompt lengths, and a resumed
+generation draws what a fresh one would.
+
+Stop and resume: generation of a row stops at the end of the first block in which a stop
+sequence (or ``eos_id``) ends inside its generated text. ``resume`` appends text (e.g. a
+tool's result) after the stop and continues; with the exact cache it reuses the keys and
+values of every finished block before the stop instead of recomputing them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dllm_jax.config import ModelConfig, special_ids
+from dllm_jax.sampling.draws import prior_keys
+from dllm_jax.sampling.driver import StepRule, check_num_steps, example_keys, run_sampler
+
+CACHE_MODES = ("none", "exact", "approximate")
+
+
+@dataclasses.dataclass
+class Generation:
+    """The result of ``generate``/``resume``, on the host, plus what ``resume`` needs.
+
+    Attributes:
+      tokens: (B, canvas) int32, prompt + generated text; padding after each row's end.
+      prompt_lengths: (B,) P_b, the prompt length of each row.
+      ends: (B,) one past the last returned position (after the stop sequence if one
+        stopped the row; the eos itself is returned in ``tokens`` but not in ``completions``).
+      stopped: (B,) index of the stop sequence that stopped the row, ``len(stop)`` for eos,
+        -1 if the row ran to its full length.
+      nfe: (B,) network evaluations spent on each row (a pass over a block or the canvas
+        counts one; a guided step counts two).
+    """
+
+    tokens: np.ndarray
+    prompt_lengths: np.ndarray
+    ends: np.ndarray
+    stopped: np.ndarray
+    nfe: np.ndarray
+    eos_id: int | None
+    num_stops: int
+    _resume: dict = dataclasses.field(repr=False, default_factory=dict)
+
+    def completions(self) -> list[list[int]]:
+        """Each row's generated tokens, without the prompt, padding or a final eos."""
+        out = []
+        for b in range(self.tokens.shape[0]):
+            toks = self.tokens[b, self.prompt_lengths[b] : self.ends[b]].tolist()
+            if self.eos_id is not None and self.stopped[b] == self.num_stops:
+                toks = toks[:-1]
+            out.append(toks)
+        return out
+
+    def texts(self, tokenizer) -> list[str]:
+        return [tokenizer.decode(t) for t in self.completions()]
+
+
+class _Denoiser:
+    """A denoise callable that states whether it reads t (the cached rule needs not)."""
+
+    def __init__(self, fn, time_conditioned: bool, passes: int = 1):
+        self.fn, self.time_conditioned, self.passes = fn, time_conditioned, passes
+
+    def __call__(self, tokens_BL, t_B):
+        return self.fn(tokens_BL, t_B)
+
+
+def _as_rows(seqs, name: str) -> list[list[int]]:
+    if isinstance(seqs, (str, bytes)) or not isinstance(seqs, Sequence):
+        raise TypeError(f"{name} must be a sequence of token-id sequences (one per row), got {type(seqs).__name__}")
+    rows = [np.asarray(s).reshape(-1).tolist() if np.ndim(s) else None for s in seqs]
+    for b, r in enumerate(rows):
+        if r is None or any(not isinstance(x, (int, np.integer)) for x in r):
+            raise TypeError(f"{name}[{b}] must be a sequence of integer token ids, got {seqs[b]!r}")
+    return rows
+
+
+def _check_ids(rows, high: int, name: str):
+    for b, r in enumerate(rows):
+        for i, x in enumerate(r):
+            if not 0 <= x < high:
+                raise ValueError(f"{name}[{b}][{i}] = {x} is not a token id in [0, {high})")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Static settings of one compiled generation."""
+
+    rule: StepRule
+    num_steps: int
+    block: int
+    num_blocks: int
+    cache: str
+    stops: tuple[tuple[int, ...], ...]
+    eos_id: int | None
+    guidance: float
+    mask_id: int
+    pad_id: int
+
+
+def generate(
+    graphdef,
+    params,
+    prompts,
+    *,
+    length: int,
+    rule: StepRule,
+    num_steps: int,
+    seed: int = 0,
+    indices=None,
+    block_size: int | None = None,
+    cache: str = "none",
+    infill=None,
+    stop: Sequence[Sequence[int]] = (),
+    eos_id: int | None = None,
+    guidance: float = 0.0,
+) -> Generation:
+    """Generate ``length`` tokens after each prompt.
+
+    Args:
+      graphdef, params: a diffusion ``Transformer`` (``create_model`` / ``load_run``).
+      prompts: B sequences of token ids, of any lengths (empty allowed, unless guided).
+      length: G >= 1, the positions to generate after each prompt.
+      rule: a step rule (``sampling.make_rule``, ``ancestral``...).
+      num_steps: K >= 1 steps (per block with ``block_size``).
+      seed, indices: randomness comes from (seed, indices[b]); indices default to 0..B-1.
+      block_size: generate block by block (semi-autoregressively); the canvas is rounded
+        up to whole blocks. None: one block over the whole canvas.
+      cache: ``"none"``, ``"exact"`` (block-causal model) or ``"approximate"``
+        (bidirectional model); caches need ``block_size``.
+      infill: optional (B, G) ids with -1 where unknown: known positions are kept.
+      stop: stop sequences; a row stops after the block where one ends in its text.
+      eos_id: if set, a row also stops at eos (variable length); nothing after it is
+        returned.
+      guidance: classifier-free guidance weight w >= 0 (``cache="none"`` only): logits
+        (1 + w) log p(x | prompt) - w log p(x | prompt masked), two passes per step.
+
+    Returns:
+      A ``Generation``.
+    """
+    model = nnx.merge(graphdef, params)
+    config: ModelConfig = model.config
+    prompt_rows = _as_rows(prompts, "prompts")
+    if not prompt_rows:
+        raise ValueError("prompts is empty: give one (possibly empty) prompt per row")
+    num_rows = len(prompt_rows)
+    if not isinstance(length, (int, np.integer)) or length < 1:
+        raise ValueError(f"length must be an integer >= 1 (positions to generate), got {length!r}")
+    length = int(length)
+    infill_BG = _check_infill(infill, num_rows, length, config.num_tokens)
+    _check_ids(prompt_rows, config.num_tokens, "prompts")
+    stops = tuple(tuple(s) for s in _as_rows(stop, "stop"))
+    if any(not s for s in stops):
+        raise ValueError("stop sequences must be non-empty")
+    _check_ids([list(s) for s in stops], config.num_tokens, "stop")
+    if eos_id is not None:
+        _check_ids([[eos_id]], config.num_tokens, "eos_id")
+        eos_id = int(eos_id)
+    if guidance < 0:
+        raise ValueError(f"guidance must be >= 0, got {guidance}")
+    if guidance > 0:
+        empty = [b for b, r in enumerate(prompt_rows) if not r]
+        if empty:
+            raise ValueError(f"guidance needs a prompt to drop, but prompts {empty} are empty")
+    ends = [len(r) + length for r in prompt_rows]
+    for b, end in enumerate(ends):
+        if end > config.max_len:
+            raise ValueError(
+                f"prompt {b} has {len(prompt_rows[b])} tokens: with length={length} its canvas needs "
+                f"{end} positions, more than the model's max_len={config.max_len}"
+            )
+    plan, canvas = _plan(config, rule, num_steps, block_size, cache, stops, eos_id, guidance, max(ends))
+    tokens_BL = np.full((num_rows, canvas), plan.pad_id, np.int32)
+    fixed_BL = np.ones((num_rows, canvas), bool)
+    for b, r in enumerate(prompt_rows):
+        tokens_BL[b, : len(r)] = r
+        known = infill_BG[b] >= 0
+        fixed_BL[b, len(r) : ends[b]] = known
+        tokens_BL[b, len(r) : ends[b]] = np.where(known, infill_BG[b], plan.pad_id)
+    if indices is None:
+        indices = np.arange(num_rows)
+    indices = np.asarray(indices)
+    if indices.shape != (num_rows,):
+        raise ValueError(f"indices must have shape ({num_rows},), got {indices.shape}")
+    state = dict(
+        tokens=tokens_BL, fixed=fixed_BL, prompt_lengths=np.array([len(r) for r in prompt_rows]),
+        ends=np.array(ends), cached_blocks=np.zeros(num_rows, np.int32), cache=None,
+    )
+    return _run(graphdef, params, model, plan, seed, indices, state)
+
+
+def resume(graphdef, params, previous: Generation, appended, *, length: int, num_steps: int | None = None) -> Generation:
+    """Continue a generation after appending text to each row (e.g. a tool's result).
+
+    Row b's new prompt is its text so far (prompt and generated tokens up to ``ends[b]``)
+    followed by ``appended[b]``; then ``length`` more tokens are generated with the same
+    rule, seed and example indices. The tokens equal those of ``generate`` with that prompt;
+    with the exact cache, finished blocks before the stop are not recomputed.
+    """
+    info = previous._resume
+    if not info:
+        raise ValueError("this Generation holds no resume state")
+    plan: _Plan = info["plan"]
+    appended_rows = _as_rows(appended, "appended")
+    if len(appended_rows) != len(previous.ends):
+        raise ValueError(f"appended has {len(appended_rows)} rows, the generation {len(previous.ends)}")
+    model = nnx.merge(graphdef, params)
+    config = model.config
+    _check_ids(appended_rows, config.num_tokens, "appended")
+    if not isinstance(length, (int, np.integer)) or length < 1:
+        raise ValueError(f"length must be an integer >= 1, got {length!r}")
+    prompts = [previous.tokens[b, : previous.ends[b]].tolist() + a for b, a in enumerate(appended_rows)]
+    ends = [len(p) + length for p in prompts]
+    if max(ends) > config.max_len:
+        b = int(np.argmax(ends))
+        raise ValueError(f"row {b} would need {ends[b]} positions, more than max_len={config.max_len}")
+    if num_steps is not None:
+        plan = dataclasses.replace(plan, num_steps=check_num_steps(num_steps))
+    canvas = _round_up(max(ends), plan.block) if plan.num_blocks > 1 or plan.cache != "none" else max(ends)
+    if plan.num_blocks == 1 and plan.cache == "none":
+        plan = dataclasses.replace(plan, block=canvas)
+    plan = dataclasses.replace(plan, num_blocks=canvas // plan.block)
+    tokens_BL = np.full((len(prompts), canvas), plan.pad_id, np.int32)
+    fixed_BL = np.ones_like(tokens_BL, bool)
+    for b, p in enumerate(prompts):
+        tokens_BL[b, : len(p)] = p
+        fixed_BL[b, len(p) : ends[b]] = False
+    state = dict(
+        tokens=tokens_BL, fixed=fixed_BL, prompt_lengths=np.array([len(p) for p in prompts]),
+        ends=np.array(ends), cached_blocks=np.zeros(len(prompts), np.int32), cache=None,
+    )
+    if plan.cache == "exact" and info["cache"] is not None:
+        old = info["cache"]
+        pad = canvas - old.k.shape[2]
+        widths = ((0, 0), (0, 0), (0, max(pad, 0)), (0, 0), (0, 0))
+        state["cache"] = jax.tree.map(lambda a: jnp.pad(a, widths)[:, :, :canvas], old)
+        # Blocks wholly before each row's old end are unchanged: their keys and values stand.
+        state["cached_blocks"] = (previous.ends // plan.block).astype(np.int32)
+    return _run(graphdef, params, model, plan, info["seed"], info["indices"], state)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _check_infill(infill, num_rows: int, length: int, num_tokens: int):
+    if infill is None:
+        return np.full((num_rows, length), -1, np.int64)
+    arr = np.asarray(infill)
+    if arr.shape != (num_rows, length):
+        raise ValueError(
+            f"infill must have shape (batch, length) = ({num_rows}, {length}), -1 where unknown; got {arr.shape}"
+        )
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"infill must hold integer ids (-1 where unknown), got dtype {arr.dtype}")
+    bad = (arr < -1) | (arr >= num_tokens)
+    if bad.any():
+        i = np.unravel_index(int(np.argmax(bad)), arr.shape)
+        raise ValueError(f"infill{list(i)} = {arr[i]} is neither -1 (unknown) nor a token id in [0, {num_tokens})")
+    return arr
+
+
+def _plan(config: ModelConfig, rule, num_steps, block_size, cache, stops, eos_id, guidance, longest):
+    check_num_steps(num_steps)
+    if not isinstance(rule, StepRule):
+        raise TypeError(f"rule must be a StepRule (see sampling.make_rule), got {type(rule).__name__}")
+    if config.attention == "causal":
+        raise ValueError("generate is for diffusion models; decode a causal (AR) model with ar_generate")
+    if cache not in CACHE_MODES:
+        raise ValueError(f"unknown cache {cache!r}; expected one of {CACHE_MODES}")
+    if block_size is not None and (not isinstance(block_size, (int, np.integer)) or block_size < 1):
+        raise ValueError(f"block_size must be an integer >= 1 or None, got {block_size!r}")
+    if cache != "none" and block_size is None:
+        raise ValueError(f"cache={cache!r} works block by block: give block_size")
+    if cache == "exact":
+        if config.attention != "block_causal":
+            raise ValueError(
+                f"the exact cache needs a block-causal model, this one is {config.attention!r}; "
+                "use cache='approximate' for a bidirectional model"
+            )
+        if block_size != config.block_size:
+            raise ValueError(f"the exact cache needs block_size = the model's block_size {config.block_size}, got {block_size}")
+        if config.time_conditioning:
+            raise ValueError("the exact cache needs a model that ignores t (finished blocks are cached at one t)")
+    if cache == "approximate" and config.attention != "bidirectional":
+        raise ValueError(f"the approximate cache is for bidirectional models, this one is {config.attention!r}")
+    if guidance > 0 and cache != "none":
+        raise ValueError("guidance needs cache='none' (the unguided pass masks the prompt, which a cache holds)")
+    if block_size is None:
+        block, canvas = longest, longest
+    else:
+        block, canvas = int(block_size), _round_up(longest, int(block_size))
+        if canvas > config.max_len:
+            raise ValueError(
+                f"the canvas rounded up to whole blocks of {block} is {canvas} positions, more than max_len={config.max_len}"
+            )
+    ids = special_ids(config.num_tokens)
+    plan = _Plan(rule, num_steps, block, canvas // block, cache, stops, eos_id, float(guidance), ids.mask, ids.pad)
+    return plan, canvas
+
+
+def _run(graphdef, params, model, plan: _Plan, seed, indices, state) -> Generation:
+    num_rows, canvas = state["tokens"].shape
+    keys_B = example_keys(seed, indices)
+    cache = state["cache"]
+    if cache is None and plan.cache == "exact":
+        cache = model.init_cache(num_rows, canvas)
+    out = _generate_jit(
+        graphdef, plan, model.config.time_conditioning, params, keys_B,
+        jnp.asarray(state["tokens"]), jnp.asarray(state["fixed"]),
+        jnp.asarray(state["prompt_lengths"], jnp.int32), jnp.asarray(state["ends"], jnp.int32),
+        jnp.asarray(state["cached_blocks"], jnp.int32), cache,
+    )
+    tokens, ends, stopped, nfe, cache = out
+    return Generation(
+        tokens=np.asarray(tokens), prompt_lengths=np.asarray(state["prompt_lengths"]), ends=np.asarray(ends),
+        stopped=np.asarray(stopped), nfe=np.asarray(nfe), eos_id=plan.eos_id, num_stops=len(plan.stops),
+        _resume=dict(plan=plan, seed=seed, indices=indices, cache=cache),
+    )
+
+
+def _stop_hits(tokens_BS, cols_C, stops, lo_B, hi_B):
+    """First position p in ``cols_C`` where a stop sequence ends inside [lo_B, hi_B).
+
+    Returns (found_B, p_B, which_B): which_B is the index of the matching stop (the
+    lowest index if several end at the same p).
+    """
+    S = tokens_BS.shape[1]
+    big = jnp.iinfo(jnp.int32).max
+    best_p, best_i = jnp.full(lo_B.shape, big), jnp.full(lo_B.shape, -1)
+    for i, seq in enumerate(stops):
+        m = len(seq)
+        idx_MC = cols_C[None, :] - (m - 1) + jnp.arange(m)[:, None]
+        win_BMC = tokens_BS[:, jnp.clip(idx_MC, 0, S - 1)]
+        match_BC = jnp.all(win_BMC == jnp.asarray(seq, jnp.int32)[None, :, None], axis=1)
+        match_BC &= (cols_C[None] - (m - 1) >= lo_B[:, None]) & (cols_C[None] < hi_B[:, None])
+        p_B = jnp.min(jnp.where(match_BC, cols_C[None], big), axis=1)
+        better = p_B < best_p
+        best_p, best_i = jnp.where(better, p_B, best_p), jnp.where(better, i, best_i)
+    return best_i >= 0, best_p, best_i
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _generate_jit(graphdef, plan: _Plan, time_conditioned, params, keys_B, tokens_BS, fixed_BS, prompt_len_B, end_B, cached_blocks_B, cache):
+    B, S = tokens_BS.shape
+    C = plan.block
+    pos_S = jnp.arange(S)
+    valid_BS = pos_S[None] < end_B[:, None]
+    tokens_BS = jnp.where(fixed_BS, tokens_BS, plan.rule.prior(prior_keys(keys_B, pos_S)))
+    stops = plan.stops + (((plan.eos_id,),) if plan.eos_id is not None else ())
+    prompt_BS = pos_S[None] < prompt_len_B[:, None]
+
+    def model():
+        # Merge inside each use: nnx transforms refuse modules from an outer trace level.
+        return nnx.merge(graphdef, params, copy=True)
+
+    def full_logits(canvas_BS, t_B):
+        m = model()
+        if plan.guidance == 0:
+            return m.forward_chunk(canvas_BS, 0, m.init_cache(B, S), valid_BS, t_B)[0]
+        both = jnp.concatenate([canvas_BS, jnp.where(prompt_BS, plan.mask_id, canvas_BS)])
+        valid2, t2 = jnp.concatenate([valid_BS, valid_BS]), jnp.concatenate([t_B, t_B])
+        logits = m.forward_chunk(both, 0, m.init_cache(2 * B, S), valid2, t2)[0]
+        cond, uncond = jax.nn.log_softmax(logits[:B]), jax.nn.log_softmax(logits[B:])
+        return jax.nn.log_softmax((1 + plan.guidance) * cond - plan.guidance * uncond)
+
+    def block_body(carry, j):
+        tokens_BS, cache, nfe_B, done_B, stop_end_B, stopped_B = carry
+        start = j * C
+        cols_C = start + jnp.arange(C)
+        chunk_BC = jax.lax.dynamic_slice_in_dim(tokens_BS, start, C, axis=1)
+        fixed_BC = jax.lax.dynamic_slice_in_dim(fixed_BS, start, C, axis=1) | done_B[:, None]
+        active_B = jnp.any(~fixed_BC, axis=1)
+        block_keys_B = jax.vmap(jax.random.fold_in, (0, None))(keys_B, j)
+
+        def steps(cache):
+            extra = 0
+            if plan.cache == "approximate":
+                m = model()  # refresh every position's keys and values: one pass
+                cache = m.forward_chunk(tokens_BS, 0, m.init_cache(B, S), valid_BS, jnp.ones((B,)))[1]
+                extra = 1
+
+            def chunk_logits(x_BC, t_B):
+                if plan.cache == "none":
+                    canvas = jax.lax.dynamic_update_slice_in_dim(tokens_BS, x_BC, start, axis=1)
+                    return jax.lax.dynamic_slice_in_dim(full_logits(canvas, t_B), start, C, axis=1)
+                return model().forward_chunk(x_BC, start, cache, valid_BS, t_B)[0]
+
+            denoise = _Denoiser(chunk_logits, time_conditioned, passes=2 if plan.guidance > 0 else 1)
+            new_BC, used_B = run_sampler(denoise, plan.rule, chunk_BC, block_keys_B, plan.num_steps, fixed_BC, cols_C)
+            return new_BC, used_B + extra
+
+        def skip(cache):
+            return chunk_BC, jnp.zeros((B,), jnp.int32)
+
+        new_BC, used_B = jax.lax.cond(jnp.any(active_B), steps, skip, cache)
+        nfe_B = nfe_B + jnp.where(active_B, used_B, 0)
+        tokens_BS = jax.lax.dynamic_update_slice_in_dim(tokens_BS, new_BC, start, axis=1)
+        if plan.cache == "exact":
+            write_B = ~done_B & (j >= cached_blocks_B) & (start < end_B)
+
+            def write(cache):
+                return model().forward_chunk(new_BC, start, cache, valid_BS)[1]
+
+            cache = jax.lax.cond(jnp.any(write_B), write, lambda c: c, cache)
+            nfe_B = nfe_B + write_B
+        if stops:
+            found_B, p_B, which_B = _stop_hits(tokens_BS, cols_C, stops, prompt_len_B, end_B)
+            found_B &= active_B
+            stop_end_B = jnp.where(found_B, p_B + 1, stop_end_B)
+            stopped_B = jnp.where(found_B, which_B, stopped_B)
+            done_B = done_B | found_B
+        return (tokens_BS, cache, nfe_B, done_B, stop_end_B, stopped_B), None
+
+    zeros_B = jnp.zeros((B,), jnp.int32)
+    carry = (tokens_BS, cache, zeros_B, jnp.zeros((B,), bool), end_B, zeros_B - 1)
+    (tokens_BS, cache, nfe_B, _, stop_end_B, stopped_B), _ = jax.lax.scan(block_body, carry, jnp.arange(plan.num_blocks))
+    tokens_BS = jnp.where(pos_S[None] < stop_end_B[:, None], tokens_BS, plan.pad_id)
+    return tokens_BS, stop_end_B, stopped_B, nfe_B, cache

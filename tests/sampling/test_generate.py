@@ -1,0 +1,167 @@
+"""``generate`` with real tiny Transformers: caches against recomputation, batch invariance,
+prompts / infill / eos, stop and resume, bad input.
+
+The models are untrained (random weights): these are equalities and invariances that hold
+for any weights; distributions are tested with the oracle denoiser elsewhere.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from dllm_jax.config import MeshConfig, ModelConfig, NoiseConfig, special_ids
+from dllm_jax.diffusion import make_objective
+from dllm_jax.nn import create_model
+from dllm_jax.sampling import ancestral
+from dllm_jax.sampling.generate import generate, resume
+from dllm_jax.sharding import make_mesh
+
+V = 11
+PAD = special_ids(V).pad
+BLOCK = 4
+BASE = dict(num_tokens=V, d_model=32, num_heads=4, num_layers=2, max_len=40)
+PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [], [3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3]]
+
+
+@functools.cache
+def model(attention: str, time_conditioning: bool = False):
+    config = ModelConfig(**BASE, attention=attention, block_size=BLOCK, time_conditioning=time_conditioning)
+    return create_model(config, make_mesh(MeshConfig()), seed=1)
+
+
+@functools.cache
+def rule(process: str = "masked"):
+    return ancestral(make_objective(NoiseConfig(process=process), V))
+
+
+def gen(attention="block_causal", prompts=PROMPTS, **kw):
+    kw = {"length": 10, "rule": rule(), "num_steps": 4, **kw}
+    return generate(*model(attention), prompts, **kw)
+
+
+def test_exact_cache_equals_recomputation():
+    cached = gen(block_size=BLOCK, cache="exact")
+    full = gen(block_size=BLOCK, cache="none")
+    np.testing.assert_array_equal(cached.tokens, full.tokens)
+    # Recomputation spends K passes per block with something to generate; the cache adds one
+    # pass per block (writing its keys and values), prompt-only blocks included.
+    print(f"\nexact cache NFE {cached.nfe}, recomputation NFE {full.nfe}")
+    assert np.all(full.nfe == 4 * np.ceil((np.array([3, 6, 0, 11]) + 10) / BLOCK - np.array([3, 6, 0, 11]) // BLOCK))
+
+
+def test_approximate_cache_is_exact_at_one_step_per_block_and_measured_beyond():
+    # The refresh pass at a block's start makes the cache exact for that block's first step.
+    one_c = gen("bidirectional", block_size=BLOCK, cache="approximate", num_steps=1)
+    one_n = gen("bidirectional", block_size=BLOCK, cache="none", num_steps=1)
+    np.testing.assert_array_equal(one_c.tokens, one_n.tokens)
+    rates = {}
+    for k in (4,):
+        approx = gen("bidirectional", block_size=BLOCK, cache="approximate", num_steps=k)
+        exact = gen("bidirectional", block_size=BLOCK, cache="none", num_steps=k)
+        gen_pos = (np.arange(approx.tokens.shape[1])[None] >= approx.prompt_lengths[:, None]) & (
+            approx.tokens != PAD
+        )
+        rates[k] = float(np.mean(approx.tokens[gen_pos] == exact.tokens[gen_pos]))
+    print(f"\napproximate (dual) cache vs recomputation, token agreement by K per block: {rates}")
+
+
+@pytest.mark.parametrize(
+    ("attention", "block_size", "cache", "process"),
+    [
+        ("bidirectional", None, "none", "masked"),
+        ("bidirectional", None, "none", "uniform"),
+        ("bidirectional", BLOCK, "approximate", "masked"),
+        ("block_causal", BLOCK, "exact", "masked"),
+    ],
+)
+def test_batch_invariance(attention, block_size, cache, process):
+    kw = dict(block_size=block_size, cache=cache, rule=rule(process))
+    batch = gen(attention, **kw)
+    for b in (2, 3):  # the empty prompt and the longest: their canvases differ most
+        alone = gen(attention, prompts=[PROMPTS[b]], indices=[b], **kw)
+        n = alone.tokens.shape[1]
+        np.testing.assert_array_equal(alone.tokens[0], batch.tokens[b, :n])
+        assert np.all(batch.tokens[b, n:] == PAD)
+        assert alone.nfe[0] == batch.nfe[b]
+    # Reordering the batch does not change any row either.
+    order = [2, 0, 3, 1]
+    shuffled = gen(attention, prompts=[PROMPTS[i] for i in order], indices=order, **kw)
+    np.testing.assert_array_equal(shuffled.tokens, batch.tokens[order])
+
+
+def test_prompts_and_infill_are_kept():
+    length = 10
+    infill = np.full((len(PROMPTS), length), -1)
+    infill[:, 4] = 7  # the middle of the generated text
+    infill[1, 0] = 0
+    infill[2, length - 1] = 5
+    out = gen("bidirectional", infill=infill, length=length)
+    for b, prompt in enumerate(PROMPTS):
+        row = out.tokens[b]
+        assert row[: len(prompt)].tolist() == prompt
+        known = infill[b] >= 0
+        np.testing.assert_array_equal(row[len(prompt) : len(prompt) + length][known], infill[b][known])
+        assert np.all((row[len(prompt) : len(prompt) + length] >= 0) & (row[len(prompt) : len(prompt) + length] < V))
+        assert out.completions()[b] == row[len(prompt) : len(prompt) + length].tolist()
+
+
+def test_nothing_after_eos_is_returned():
+    free = gen("bidirectional", length=12)
+    eos = int(free.tokens[0, 3 + 2])  # a token row 0 did generate: it will stop there
+    out = gen("bidirectional", length=12, eos_id=eos)
+    # Single-block generation: the canvas is the same, only the cut differs.
+    for b, prompt in enumerate(PROMPTS):
+        gen_toks = free.tokens[b, len(prompt) : len(prompt) + 12].tolist()
+        if eos in gen_toks:
+            cut = gen_toks.index(eos)
+            assert out.stopped[b] == 0 and out.ends[b] == len(prompt) + cut + 1
+            assert out.completions()[b] == gen_toks[:cut]
+            assert np.all(out.tokens[b, out.ends[b] :] == PAD)
+        else:
+            assert out.stopped[b] == -1 and out.completions()[b] == gen_toks
+    assert out.stopped[0] == 0 and len(out.completions()[0]) <= 2
+
+
+def test_stop_and_resume_equals_fresh_generation_with_fewer_nfe():
+    first = gen(block_size=BLOCK, cache="exact", length=16)
+    stop_seq = [int(t) for t in first.tokens[1, 6 + 5 : 6 + 7]]  # two tokens row 1 generates
+    stopped = gen(block_size=BLOCK, cache="exact", length=16, stop=[stop_seq])
+    assert stopped.stopped[1] == 0
+    tool_result = [[7, 8], [9], [1, 2, 3], [0]]
+    resumed = resume(*model("block_causal"), stopped, tool_result, length=8)
+    prompts = [stopped.tokens[b, : stopped.ends[b]].tolist() + tool_result[b] for b in range(len(PROMPTS))]
+    fresh = gen(prompts=prompts, block_size=BLOCK, cache="exact", length=8, stop=[stop_seq])
+    np.testing.assert_array_equal(resumed.tokens, fresh.tokens)
+    np.testing.assert_array_equal(resumed.ends, fresh.ends)
+    print(f"\nresume NFE {resumed.nfe} vs fresh {fresh.nfe} (stopped at {stopped.ends})")
+    assert np.all(resumed.nfe <= fresh.nfe)
+    reused = stopped.ends // BLOCK  # finished blocks before each stop are not recomputed
+    np.testing.assert_array_equal(fresh.nfe - resumed.nfe, reused)
+
+
+def test_bad_input_errors():
+    g, p = model("bidirectional")
+    ok = dict(length=4, rule=rule(), num_steps=2)
+    with pytest.raises(ValueError, match="prompts is empty"):
+        generate(g, p, [], **ok)
+    with pytest.raises(ValueError, match="prompt 0 has 38 tokens.*max_len=40"):
+        generate(g, p, [[1] * 38], **ok)
+    with pytest.raises(ValueError, match=r"infill must have shape \(batch, length\) = \(1, 4\).*\(1, 3\)"):
+        generate(g, p, [[1]], infill=np.full((1, 3), -1), **ok)
+    with pytest.raises(ValueError, match="num_steps must be an integer >= 1, got 0"):
+        generate(g, p, [[1]], **{**ok, "num_steps": 0})
+    with pytest.raises(ValueError, match=r"prompts\[0\]\[1\] = 11 is not a token id in \[0, 11\)"):
+        generate(g, p, [[1, 11]], **ok)
+    with pytest.raises(ValueError, match="guidance needs a prompt.*\\[1\\]"):
+        generate(g, p, [[1], []], guidance=1.0, **ok)
+    with pytest.raises(ValueError, match="unknown cache 'kv'"):
+        generate(g, p, [[1]], block_size=4, cache="kv", **ok)
+    with pytest.raises(ValueError, match="exact cache needs a block-causal model"):
+        generate(g, p, [[1]], block_size=4, cache="exact", **ok)
+    with pytest.raises(ValueError, match="length must be an integer >= 1"):
+        generate(g, p, [[1]], **{**ok, "length": 0})
+    with pytest.raises(ValueError, match="decode a causal"):
+        generate(*create_model(ModelConfig(**BASE, attention="causal"), make_mesh(MeshConfig())), [[1]], **ok)
