@@ -9,9 +9,14 @@ the length. Draws use the reference's keys, so both return the same tokens.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+
+from dllm_jax.sampling.draws import Logits
 
 
 def ar_sample_cached(
@@ -52,19 +57,87 @@ def ar_sample_cached(
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     batch = keys_B.shape[0]
+    forced_BS = jnp.zeros((batch, length), jnp.int32)
+    draw = lambda k, lg: jax.random.categorical(k, lg / temperature)
+    return _decode(graphdef, params, keys_B, forced_BS, jnp.zeros((batch,), jnp.int32), bos_id, draw, return_logits)
+
+
+def _decode(graphdef, params, keys_B, forced_BS, num_forced_B, bos_id, draw, return_logits=False):
+    """The decoding scan: position i takes forced_BS[:, i] while i < num_forced_B (a prompt),
+    else a draw ``draw(fold_in(key, i), logits)``; the input at i is the token at i - 1."""
+    model = nnx.merge(graphdef, params, copy=True)
+    batch, length = forced_BS.shape
 
     def body(carry, i):
         input_B, cache = carry
         # Merge inside the body: nnx.scan refuses modules from an outer trace level.
         logits_BV, cache = nnx.merge(graphdef, params, copy=True).decode_step(input_B, i, cache)
         step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys_B, i)
-        draw = jax.vmap(lambda k, lg: jax.random.categorical(k, lg / temperature))
-        tok_B = draw(step_keys, logits_BV).astype(jnp.int32)
+        tok_B = jax.vmap(draw)(step_keys, logits_BV).astype(jnp.int32)
+        tok_B = jnp.where(i < num_forced_B, forced_BS[:, i], tok_B)
         return (tok_B, cache), ((tok_B, logits_BV) if return_logits else tok_B)
 
     first_B = jnp.full((batch,), bos_id, jnp.int32)
-    _, out = jax.lax.scan(body, (first_B, model.init_cache(batch)), jnp.arange(length))
+    _, out = jax.lax.scan(body, (first_B, model.init_cache(batch, length)), jnp.arange(length))
     if return_logits:
         toks_LB, logits_LBV = out
         return toks_LB.T, jnp.swapaxes(logits_LBV, 0, 1)
     return out.T
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _ar_generate_jit(graphdef, params, keys_B, forced_BS, bos_id, logits: Logits, num_forced_B):
+    draw = lambda k, lg: jax.random.categorical(k, logits(lg))
+    return _decode(graphdef, params, keys_B, forced_BS, num_forced_B, bos_id, draw)
+
+
+def ar_generate(graphdef, params, prompts, *, length: int, logits: Logits = Logits(), seed: int = 0,
+                indices=None, eos_id: int | None = None, stop=()):
+    """Generate ``length`` tokens after each prompt with a causal model and a KV cache.
+
+    The AR counterpart of ``sampling.generate``, with the same prompts, sampling options
+    (``Logits``: temperature, top-k, top-p), stop sequences, eos and result type. The prompt
+    is fed one position per step through the same scan (batch-invariant: rows of different
+    prompt lengths need no padding); position i draws with ``fold_in(example_key, i)``.
+    NFE counts one decode step per generated token up to each row's end.
+    """
+    from dllm_jax.sampling.driver import example_keys
+    from dllm_jax.sampling.generate import Generation, _as_rows, _check_ids, _stop_hits
+
+    model = nnx.merge(graphdef, params)
+    config = model.config
+    rows = _as_rows(prompts, "prompts")
+    if not rows:
+        raise ValueError("prompts is empty: give one (possibly empty) prompt per row")
+    if not isinstance(length, (int, np.integer)) or length < 1:
+        raise ValueError(f"length must be an integer >= 1 (positions to generate), got {length!r}")
+    _check_ids(rows, config.num_tokens, "prompts")
+    stops = tuple(tuple(s) for s in _as_rows(stop, "stop"))
+    if any(not s for s in stops):
+        raise ValueError("stop sequences must be non-empty")
+    _check_ids([list(s) for s in stops], config.num_tokens, "stop")
+    ends = np.array([len(r) + length for r in rows])
+    if ends.max() > config.max_len:
+        b = int(np.argmax(ends))
+        raise ValueError(f"prompt {b} has {len(rows[b])} tokens: with length={length} its canvas needs "
+                         f"{ends[b]} positions, more than the model's max_len={config.max_len}")
+    canvas = int(ends.max())
+    forced = np.zeros((len(rows), canvas), np.int32)
+    for b, r in enumerate(rows):
+        forced[b, : len(r)] = r
+    indices = np.arange(len(rows)) if indices is None else np.asarray(indices)
+    num_forced = jnp.asarray([len(r) for r in rows], jnp.int32)
+    toks = np.asarray(_ar_generate_jit(graphdef, params, example_keys(seed, indices), jnp.asarray(forced),
+                                       config.special.bos, logits, num_forced))
+    all_stops = stops + (((int(eos_id),),) if eos_id is not None else ())
+    prompt_len = np.asarray(num_forced)
+    stopped, stop_end = np.full(len(rows), -1), ends.copy()
+    if all_stops:
+        found, p, which = (np.asarray(a) for a in _stop_hits(jnp.asarray(toks), jnp.arange(canvas), all_stops,
+                                                             jnp.asarray(prompt_len), jnp.asarray(ends)))
+        stop_end = np.where(found, p + 1, ends)
+        stopped = np.where(found, which, -1)
+    pad = config.special.pad
+    toks = np.where(np.arange(canvas)[None] < stop_end[:, None], toks, pad)
+    return Generation(tokens=toks, prompt_lengths=prompt_len, ends=stop_end, stopped=stopped,
+                      nfe=(stop_end - prompt_len).astype(np.int32), eos_id=eos_id, num_stops=len(stops))

@@ -113,3 +113,35 @@ def test_bad_arguments_raise(models):
     bidirectional = abstract_model(dataclasses.replace(TINY, attention="bidirectional"))[0]
     with pytest.raises(ValueError, match="needs a causal model"):
         jax.eval_shape(lambda p: ar_sample_cached(bidirectional, p, keys, 4, BOS), params)
+
+
+def test_ar_generate_prompts_eos_and_batch_invariance(models):
+    from dllm_jax.sampling.draws import Logits
+    from dllm_jax.sampling.kv_decode import ar_generate
+
+    graphdef, params = models[0]
+    free = ar_generate(graphdef, params, [[]] * 4, length=12)
+    keys_B = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(4, dtype=jnp.uint32))
+    np.testing.assert_array_equal(free.tokens, np.asarray(_cached(graphdef, params, keys_B, 12, BOS, 1.0)))
+    # A prompt equal to what the row would have drawn leaves the continuation unchanged,
+    # whatever the other rows' prompt lengths.
+    prompts = [free.tokens[b, :k].tolist() for b, k in enumerate((0, 3, 5, 11))]
+    prompted = ar_generate(graphdef, params, prompts, length=5)
+    for b, k in enumerate((0, 3, 5, 11)):
+        n = min(k + 5, 12)
+        np.testing.assert_array_equal(prompted.tokens[b, :n], free.tokens[b, :n])
+    alone = ar_generate(graphdef, params, prompts[2:3], length=7, indices=[2])
+    np.testing.assert_array_equal(alone.tokens[0, :12], free.tokens[2])
+    # eos: nothing after the first generated eos is returned.
+    eos = int(free.tokens[1, 4])
+    cut = ar_generate(graphdef, params, [[]] * 4, length=12, eos_id=eos)
+    for b in range(4):
+        row = free.tokens[b].tolist()
+        n = row.index(eos) if eos in row else 12
+        assert cut.completions()[b] == row[:n]
+        assert np.all(cut.tokens[b, cut.ends[b]:] == TINY.special.pad)
+    # top_k = 1 is greedy decoding.
+    greedy = ar_generate(graphdef, params, [[]] * 2, length=6, logits=Logits(top_k=1))
+    logits = np.asarray(_forward(graphdef, params, jnp.concatenate(
+        [jnp.full((2, 1), BOS), jnp.asarray(greedy.tokens[:, :5])], axis=1)))
+    np.testing.assert_array_equal(greedy.tokens[:, :6], logits.argmax(-1))
