@@ -16,15 +16,29 @@ import jax.numpy as jnp
 import numpy as np
 
 from dllm_jax.diffusion.base import NoiseProcess
+from dllm_jax.diffusion.masked import MaskedProcess
+
+# Any time with 0 < alpha(t) < 1 (true of every schedule at t = 0.5) gives the masked answer.
+_MASKED_EVAL_TIME = 0.5
 
 
 def oracle_denoiser(process: NoiseProcess, support_SL, probs_S, dtype=jnp.float32):
-    """Return ``denoise(noisy_BL, t_B) -> logits_BLV``, the exact log-posterior marginals."""
+    """Return ``denoise(noisy_BL, t_B) -> logits_BLV``, the exact log-posterior marginals.
+
+    The function carries ``time_conditioned``: False for a ``MaskedProcess``, whose posterior
+    p(s | s agrees with x_t wherever x_t is unmasked) does not depend on t (alpha(t) cancels),
+    True otherwise. The masked oracle is evaluated at one fixed interior time, so it is truly
+    t-free: a state impossible at t = 1 (a fixed prompt token where alpha = 0) still gets the
+    posterior given its unmasked tokens instead of a 0/0.
+    """
+    time_conditioned = not isinstance(process, MaskedProcess)
     support_SL = jnp.asarray(support_SL, jnp.int32)
     log_p_S = jnp.log(jnp.asarray(probs_S, dtype))
     onehot_SLV = jax.nn.one_hot(support_SL, process.num_tokens, dtype=dtype)
 
     def denoise(noisy_BL, t_B):
+        if not time_conditioned:
+            t_B = _MASKED_EVAL_TIME
         t_B = jnp.broadcast_to(jnp.asarray(t_B, dtype), noisy_BL.shape[:1])
         lik_BLV = process.likelihood(noisy_BL, t_B)
         # log q_t(x_t | s) = sum_l log lik[b, l, s_l]
@@ -34,6 +48,7 @@ def oracle_denoiser(process: NoiseProcess, support_SL, probs_S, dtype=jnp.float3
         marg_BLV = jnp.einsum("bs,slv->blv", post_BS, onehot_SLV)
         return jnp.log(marg_BLV)
 
+    denoise.time_conditioned = time_conditioned
     return denoise
 
 

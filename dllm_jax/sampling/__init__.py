@@ -1,16 +1,46 @@
 """Sampler state, step rules, the scan driver, and KV-cache AR decoding."""
 
 from dllm_jax.sampling.ancestral import MaskedAncestral, UniformAncestral, ancestral
+from dllm_jax.sampling.draws import Logits
 from dllm_jax.sampling.driver import StepRule, example_keys, run_sampler, sample, time_grid
-from dllm_jax.sampling.kv_decode import ar_sample_cached
+from dllm_jax.sampling.generate import CACHE_MODES, Generation, generate, resume
+from dllm_jax.sampling.kv_decode import ar_generate, ar_sample_cached
+from dllm_jax.sampling.rules import (
+    RULE_NAMES,
+    CachedMaskedAncestral,
+    ConfidenceThreshold,
+    EntropyBounded,
+    OrderedUnmask,
+    ReMDM,
+    UniformPredictorCorrector,
+    guidance_mix,
+    guided,
+    make_rule,
+)
 
 __all__ = [
+    "CACHE_MODES",
+    "RULE_NAMES",
+    "CachedMaskedAncestral",
+    "ConfidenceThreshold",
+    "EntropyBounded",
+    "Generation",
+    "Logits",
     "MaskedAncestral",
+    "OrderedUnmask",
+    "ReMDM",
     "StepRule",
     "UniformAncestral",
+    "UniformPredictorCorrector",
     "ancestral",
+    "ar_generate",
     "ar_sample_cached",
     "example_keys",
+    "generate",
+    "guided",
+    "guidance_mix",
+    "make_rule",
+    "resume",
     "run_sampler",
     "sample",
     "time_grid",

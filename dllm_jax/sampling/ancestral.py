@@ -14,7 +14,15 @@ import jax.numpy as jnp
 
 from dllm_jax.diffusion.masked import MaskedProcess
 from dllm_jax.diffusion.uniform import UniformProcess
-from dllm_jax.sampling.draws import TAG_PRIOR, TAG_TOKEN, TAG_UNMASK, Logits, categorical_BL, randint_BL, uniform_BL
+from dllm_jax.sampling.draws import (
+    TAG_PRIOR,
+    TAG_TOKEN,
+    TAG_UNMASK,
+    Logits,
+    categorical_BL,
+    randint_BL,
+    uniform_BL,
+)
 from dllm_jax.sampling.driver import StepRule
 
 
@@ -37,10 +45,19 @@ def unmask_probability(process: MaskedProcess, t, s):
 
 
 def masked_ancestral_update(process, logits_BLV, tokens_BL, t, s, keys_BL, logits: Logits):
-    """One two-stage ancestral update of the masked positions (shared with the cached rule)."""
+    """One two-stage ancestral update of the masked positions (shared with the cached rule).
+
+    The token draw (a Gumbel-argmax over V at every position) is skipped when no position
+    unmasks, which is most steps when K >> L; it reads the same keys either way.
+    """
     reveal_BL = uniform_BL(keys_BL, TAG_UNMASK) < unmask_probability(process, t, s)
-    tok_BL = categorical_BL(keys_BL, TAG_TOKEN, jax.vmap(jax.vmap(logits))(logits_BLV))
-    return jnp.where((tokens_BL == process.mask_id) & reveal_BL, tok_BL, tokens_BL)
+    reveal_BL &= tokens_BL == process.mask_id
+
+    def draw():
+        tok_BL = categorical_BL(keys_BL, TAG_TOKEN, jax.vmap(jax.vmap(logits))(logits_BLV))
+        return jnp.where(reveal_BL, tok_BL, tokens_BL)
+
+    return jax.lax.cond(jnp.any(reveal_BL), draw, lambda: tokens_BL)
 
 
 @dataclasses.dataclass(frozen=True)

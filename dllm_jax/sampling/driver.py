@@ -35,6 +35,7 @@ class StepRule(abc.ABC):
 
     def check_denoiser(self, denoise) -> None:
         """Raise if this rule is invalid for ``denoise`` (e.g. a cache needing t-independence)."""
+        del denoise  # every denoiser is valid unless a rule says otherwise
 
     @abc.abstractmethod
     def prior(self, keys_BL):
@@ -77,7 +78,8 @@ def run_sampler(
       positions_L: absolute positions of the canvas columns (default 0..L-1), for keys.
 
     Returns:
-      (tokens_BL, nfe_B): final tokens and network evaluations spent per example.
+      (tokens_BL, nfe_B): final tokens and network evaluations spent per example, times
+      ``denoise.passes`` (e.g. 2 for classifier-free guidance) when the denoiser has it.
     """
     check_num_steps(num_steps)
     rule.check_denoiser(denoise)
@@ -96,7 +98,7 @@ def run_sampler(
 
     carry = (init_BL, jnp.zeros((batch,), jnp.int32), rule.init_state(init_BL))
     (tokens_BL, nfe_B, _), _ = jax.lax.scan(body, carry, jnp.arange(num_steps))
-    return tokens_BL, nfe_B
+    return tokens_BL, nfe_B * getattr(denoise, "passes", 1)
 
 
 def sample(denoise: Denoise, rule: StepRule, keys_B, length: int, num_steps: int, prompt_BL=None, fixed_BL=None):

@@ -41,6 +41,7 @@ from flax import nnx
 from dllm_jax.config import ModelConfig, special_ids
 from dllm_jax.sampling.draws import prior_keys
 from dllm_jax.sampling.driver import StepRule, check_num_steps, example_keys, run_sampler
+from dllm_jax.sampling.rules import guidance_mix
 
 CACHE_MODES = ("none", "exact", "approximate")
 
@@ -389,8 +390,7 @@ def _generate_jit(graphdef, plan: _Plan, time_conditioned, params, keys_B, token
         both = jnp.concatenate([canvas_BS, jnp.where(prompt_BS, plan.mask_id, canvas_BS)])
         valid2, t2 = jnp.concatenate([valid_BS, valid_BS]), jnp.concatenate([t_B, t_B])
         logits = m.forward_chunk(both, 0, m.init_cache(2 * B, S), valid2, t2)[0]
-        cond, uncond = jax.nn.log_softmax(logits[:B]), jax.nn.log_softmax(logits[B:])
-        return jax.nn.log_softmax((1 + plan.guidance) * cond - plan.guidance * uncond)
+        return guidance_mix(logits[:B], logits[B:], plan.guidance)
 
     def block_body(carry, j):
         tokens_BS, cache, nfe_B, done_B, stop_end_B, stopped_B = carry

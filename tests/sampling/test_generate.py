@@ -15,7 +15,7 @@ import pytest
 from dllm_jax.config import MeshConfig, ModelConfig, NoiseConfig, special_ids
 from dllm_jax.diffusion import make_objective
 from dllm_jax.nn import create_model
-from dllm_jax.sampling import ancestral
+from dllm_jax.sampling import ancestral, make_rule
 from dllm_jax.sampling.generate import generate, resume
 from dllm_jax.sharding import make_mesh
 
@@ -50,6 +50,34 @@ def test_exact_cache_equals_recomputation():
     # pass per block (writing its keys and values), prompt-only blocks included.
     print(f"\nexact cache NFE {cached.nfe}, recomputation NFE {full.nfe}")
     assert np.all(full.nfe == 4 * np.ceil((np.array([3, 6, 0, 11]) + 10) / BLOCK - np.array([3, 6, 0, 11]) // BLOCK))
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [("cached", {}), ("confidence", {}), ("threshold", {"threshold": 0.3}), ("remdm", {"schedule": "cap", "eta": 0.3})],
+)
+def test_every_rule_runs_in_blocks_with_the_exact_cache(name, options):
+    """Any rule, not only ancestral: the exact cache returns the recomputed tokens, prompts
+    stay, and rules that unmask several tokens per pass spend fewer NFE than K per block."""
+    step_rule = make_rule(name, make_objective(NoiseConfig(process="masked"), V), **options)
+    kw = dict(block_size=BLOCK, rule=step_rule, num_steps=8)
+    cached, full = gen(cache="exact", **kw), gen(cache="none", **kw)
+    np.testing.assert_array_equal(cached.tokens, full.tokens)
+    for b, prompt in enumerate(PROMPTS):
+        assert cached.tokens[b, : len(prompt)].tolist() == prompt
+    blocks = np.ceil((np.array([3, 6, 0, 11]) + 10) / BLOCK - np.array([3, 6, 0, 11]) // BLOCK)
+    print(f"\n{name}: recomputation NFE {full.nfe} vs K x blocks {8 * blocks}")
+    if name == "remdm":
+        np.testing.assert_array_equal(full.nfe, 8 * blocks)  # a pass every step
+    else:  # a pass only when a token is revealed (cached: or the block just started)
+        bound = 10 + (blocks if name == "cached" else 0)
+        assert np.all(full.nfe <= bound) and np.all(bound < 8 * blocks)
+
+
+def test_cached_rule_refuses_a_time_conditioned_model():
+    step_rule = make_rule("cached", make_objective(NoiseConfig(process="masked"), V))
+    with pytest.raises(ValueError, match="needs a denoiser that ignores t"):
+        generate(*model("bidirectional", time_conditioning=True), [[1]], length=4, rule=step_rule, num_steps=2)
 
 
 def test_approximate_cache_is_exact_at_one_step_per_block_and_measured_beyond():
