@@ -71,6 +71,15 @@ def evaluate_if(need_B, denoise, tokens_BL, t, num_tokens: int):
     )
 
 
+def masked_logp(rule, denoise, tokens_BL, t):
+    """(masked_BL, masked count_B, processed log-probs_BLV); no network call if no row has
+    a mask left."""
+    masked_BL = tokens_BL == rule.process.mask_id
+    masked_B = jnp.sum(masked_BL, axis=-1)
+    raw_BLV = evaluate_if(masked_B > 0, denoise, tokens_BL, t, rule.process.num_tokens)
+    return masked_BL, masked_B, processed_BLV(rule.logits, raw_BLV)
+
+
 def rank_BL(score_BL, candidate_BL):
     """Each position's rank by descending score among candidates (0 = best), (B, L).
 
@@ -232,10 +241,7 @@ class ConfidenceThreshold(StepRule):
         return masked_prior(self.process, keys_BL)
 
     def step(self, denoise, tokens_BL, t, s, keys_BL, state):
-        masked_BL = tokens_BL == self.process.mask_id
-        masked_B = jnp.sum(masked_BL, axis=-1)
-        raw_BLV = evaluate_if(masked_B > 0, denoise, tokens_BL, t, self.process.num_tokens)
-        logp_BLV = processed_BLV(self.logits, raw_BLV)
+        masked_BL, masked_B, logp_BLV = masked_logp(self, denoise, tokens_BL, t)
         tok_BL = categorical_BL(keys_BL, TAG_TOKEN, logp_BLV)
         conf_BL = token_prob_BL(logp_BLV, tok_BL)
         floor_BL = rank_BL(conf_BL, masked_BL) < finishing_floor(masked_B, t, s)[:, None]
@@ -265,10 +271,7 @@ class EntropyBounded(StepRule):
         return masked_prior(self.process, keys_BL)
 
     def step(self, denoise, tokens_BL, t, s, keys_BL, state):
-        masked_BL = tokens_BL == self.process.mask_id
-        masked_B = jnp.sum(masked_BL, axis=-1)
-        raw_BLV = evaluate_if(masked_B > 0, denoise, tokens_BL, t, self.process.num_tokens)
-        logp_BLV = processed_BLV(self.logits, raw_BLV)
+        masked_BL, masked_B, logp_BLV = masked_logp(self, denoise, tokens_BL, t)
         ent_BL = entropy_BL(logp_BLV)
         sorted_BL = jnp.sort(jnp.where(masked_BL, ent_BL, jnp.inf), axis=-1)
         real_BL = jnp.isfinite(sorted_BL)
