@@ -21,5 +21,8 @@ def test_notebook_executes(path, monkeypatch, tmp_path):
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "validation:" in outputs and "judge NLL" in outputs
+    if path.name == "steps_tradeoff.ipynb":  # the sweep's two plots were displayed
+        images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+        assert len(images) == 2
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors

@@ -1,0 +1,118 @@
+"""The benchmark runs end to end at tiny size and its JSON and report are self-consistent."""
+
+import json
+
+import pytest
+
+from experiments import benchmark
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    out = root / "results"
+    result = benchmark.main(["--tiny", "--out", str(out)])
+    files = list(out.glob("*.json"))
+    assert len(files) == 1 and files[0].name.endswith("-tiny.json")
+    return json.loads(files[0].read_text()), (root / "RESULTS.md").read_text(), result
+
+
+def records_by(result, method, **match):
+    return [
+        r
+        for r in result["records"]
+        if r["method"] == method and all(r[k] == v for k, v in match.items())
+    ]
+
+
+def test_resolve_steps():
+    assert benchmark.resolve_steps(("16", "L", "4L", "256", "L"), 32) == [16, 32, 128]
+
+
+@pytest.mark.slow
+def test_json_is_what_main_returned_and_peaks_are_measured(run):
+    saved, _, returned = run
+    assert saved["records"] == json.loads(json.dumps(returned["records"]))
+    assert saved["jax_version"] and saved["date"] and saved["device"]["platform"]
+    peaks = saved["peaks"]
+    assert peaks["matmul"]["flops_per_s"] > 0 and peaks["copy"]["bytes_per_s"] > 0
+    assert peaks["machine_balance"] == pytest.approx(
+        peaks["matmul"]["flops_per_s"] / peaks["copy"]["bytes_per_s"]
+    )
+    assert len(peaks["samples"]) == 2  # start and end of the run: the best of each is kept
+    best = max(p["matmul"]["flops_per_s"] for p in peaks["samples"])
+    assert peaks["matmul"]["flops_per_s"] == best
+    assert peaks["copy"]["bytes_per_s"] == max(p["copy"]["bytes_per_s"] for p in peaks["samples"])
+
+
+@pytest.mark.slow
+def test_every_record_is_consistent(run):
+    result, _, _ = run
+    balance = result["peaks"]["machine_balance"]
+    assert result["records"]
+    for r in result["records"]:
+        assert r["tokens"] == r["batch"] * r["length"]
+        assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["run_s"], rel=1e-9)
+        assert r["s_per_sample"] == pytest.approx(r["run_s"] / r["batch"], rel=1e-9)
+        assert r["compile_s"] > 0 and r["run_s"] > 0  # compile time is its own field
+        assert r["bound"] in ("compute", "memory")
+        assert (r["bound"] == "compute") == (r["intensity"] >= balance)
+        assert r["flops_per_s"] == pytest.approx(r["flops"] / r["run_s"], rel=1e-9)
+        # The layer-scan correction: XLA's total agrees with the matmul formula (uncorrected
+        # it would count one of the two layers, about 0.55 of the formula at this size).
+        assert 0.9 < r["flops"] / r["flops_analytic"] < 1.3, r["name"]
+
+
+@pytest.mark.slow
+def test_nfe_follows_each_method(run):
+    result, _, _ = run
+    block = result["config"]["block"]
+    for r in records_by(result, "ancestral"):
+        assert r["nfe_mean"] == r["nfe_max"] == r["k"]  # one pass per step, single block
+    for r in records_by(result, "ar-kv-cache"):
+        assert r["nfe_mean"] == r["length"]
+    for method in (f"approx-cache-blk{block}", f"exact-cache-blk{block}"):
+        for r in records_by(result, method):  # K steps + one refresh / cache write per block
+            assert r["nfe_mean"] == (r["length"] // block) * (r["k"] + 1)
+    cached = records_by(result, "cached")
+    assert cached
+    for r in cached:
+        assert r["k"] > r["length"]
+        (anc,) = records_by(result, "ancestral", k=r["k"], length=r["length"], batch=r["batch"])
+        assert r["nfe_mean"] < anc["nfe_mean"]
+        # The same pass shape: FLOPs per pass agree.
+        assert r["flops"] / r["passes"] == pytest.approx(anc["flops"] / anc["passes"], rel=1e-9)
+
+
+@pytest.mark.slow
+def test_scan_training_and_targets(run):
+    result, _, _ = run
+    scan, train = result["scan"], result["training"]
+    assert scan["ratio_vs_forward"] == pytest.approx(scan["scan_s"] / scan["separate_forward_s"])
+    assert scan["compile_ratio"] == pytest.approx(scan["compile_k1024_s"] / scan["compile_k8_s"])
+    assert train["tokens_per_s"] == pytest.approx(
+        train["batch"] * train["seq_len"] / train["step_s"]
+    )
+    assert 0 < train["mfu"] < 1
+    assert {t["target"] for t in result["targets"]} >= {
+        benchmark.TARGETS[k] for k in ("scan", "compile", "train_cpu")
+    }
+
+
+@pytest.mark.slow
+def test_markdown_lists_every_record(run):
+    result, markdown, _ = run
+    assert result["device"]["label"] in markdown and result["jax_version"] in markdown
+    for r in result["records"]:
+        assert f"| {r['name']} |" in markdown
+    for t in result["targets"]:
+        assert t["target"] in markdown
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--steps", "16,0"], ["--steps", "x"], ["--sizes", "0"], ["--sections", "sampling,nope"]],
+)
+def test_bad_flags_are_refused(flags):
+    with pytest.raises(ValueError):
+        benchmark.default_setup(benchmark.parse_args(["--tiny", *flags]), "cpu")
