@@ -1,7 +1,7 @@
 """Diffusion vs AR, side by side, in one command.
 
     python -m experiments.compare [--run_dir runs/compare] [--set train.steps=600 ...] \
-        [--judge RUN_DIR] [--steps 8 32 128] [--temperatures 0.7 0.8 0.9 1.0] [--smoke]
+        [--judge RUN_DIR] [--steps 8 32 128] [--temperatures 0.3 0.5 ... 1.3] [--smoke]
 
 Trains a masked diffusion model and an AR model with the same backbone (equal parameter
 count), the same corpus, tokens and step budget (``experiments.configs.quickstart`` by
@@ -42,7 +42,7 @@ from dllm_jax.sharding import make_mesh
 from dllm_jax.training.loop import _eval_batches, load_run, train
 from experiments import configs
 from experiments.cli import apply_overrides
-from experiments.sweep_steps import parse_rule, quality_kwargs
+from experiments.sweep_steps import AR_TEMPERATURES, parse_rule, quality_kwargs
 
 
 def judge_config(exp: ExperimentConfig) -> ExperimentConfig:
@@ -79,7 +79,8 @@ def main(argv=None):
                         help="overrides of the judge's config (default: 1.5x wider, 2 more layers, 2x steps)")
     parser.add_argument("--rules", nargs="+", default=["ancestral", "cached", "max_prob", "confidence", "threshold:threshold=0.9"])
     parser.add_argument("--steps", nargs="+", type=int, default=[8, 32, 128])
-    parser.add_argument("--temperatures", nargs="+", type=float, default=[0.7, 0.8, 0.9, 1.0])
+    parser.add_argument("--temperatures", nargs="+", type=float, default=AR_TEMPERATURES,
+                        help="AR sampling temperatures; wide, so that every diffusion entropy has an AR match")
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--num_samples", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=32)

@@ -3,7 +3,7 @@
     python -m experiments.sweep_steps --run_dir runs/quickstart/masked --judge runs/compare/judge \
         [--rules ancestral cached max_prob threshold:threshold=0.9] [--steps 4 16 64 256 1024] \
         [--length 64] [--num_samples 64] [--batch_size 32] [--ar_run runs/quickstart/ar] \
-        [--temperatures 0.7 0.85 1.0] [--out runs/sweep]
+        [--temperatures 0.3 0.5 ... 1.3] [--out runs/sweep]
 
 For each rule and K: judge gen ppl (up to the first eos, corpus level), unigram entropy,
 distinct-n, repetition, NFE, wall-clock time (compile separately) and tokens/s; written to
@@ -20,6 +20,9 @@ from dllm_jax.evaluation.quality import load_judge
 from dllm_jax.evaluation.sweep import ar_records, diffusion_records, matched_entropy, write_records
 from dllm_jax.sampling.rules import make_rule
 from dllm_jax.training.loop import load_run
+
+# Wide on purpose: confident rules sample at low entropy, ancestral ones at high entropy.
+AR_TEMPERATURES = [0.3, 0.5, 0.7, 0.85, 1.0, 1.15, 1.3]
 
 
 def parse_rule(spec: str, process):
@@ -57,7 +60,8 @@ def main(argv=None):
     parser.add_argument("--num_samples", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--ar_run", help="an AR run to sample at --temperatures for comparison")
-    parser.add_argument("--temperatures", nargs="+", type=float, default=[0.7, 0.85, 1.0])
+    parser.add_argument("--temperatures", nargs="+", type=float, default=AR_TEMPERATURES,
+                        help="AR sampling temperatures; wide, so that every diffusion entropy has an AR match")
     parser.add_argument("--out", default="runs/sweep")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -209,7 +209,7 @@ def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = N
             logger.log(done, {k: v for k, v in summary.items() if k != "samples"},
                        samples={str(k): v for k, v in summary["samples"].items()})
             _say(f"  eval @ {done}: {summary['val_loss']:.4f} nats/token, {summary['val_bits_per_token']:.4f} "
-                 f"bits/token, ppl <= {summary['val_ppl']:.2f}")
+                 f"bits/token, ppl {'=' if exp.noise.process == 'ar' else '<='} {summary['val_ppl']:.2f}")
         if done % exp.loop.checkpoint_every == 0 or done == last:
             meta = {"step": done, "data_state": batches.get_state(), "tokenizer_sha256": tok.sha256,
                     "config": exp.to_dict()}
