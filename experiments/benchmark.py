@@ -54,10 +54,10 @@ from dllm_jax.nn.attention import KVCache
 from dllm_jax.nn.layers import rotary_tables
 from dllm_jax.nn.model import abstract_model, apply_model, param_shardings
 from dllm_jax.nn.transformer import Block, count_params
-from dllm_jax.sampling import generate as gen
 from dllm_jax.sampling.ancestral import ancestral
 from dllm_jax.sampling.draws import Logits, position_keys
 from dllm_jax.sampling.driver import example_keys, sample, time_grid
+from dllm_jax.sampling.generate import _generate_jit, _plan, _round_up
 from dllm_jax.sampling.kv_decode import _ar_generate_jit
 from dllm_jax.sampling.rules import make_rule
 from dllm_jax.sharding import make_mesh
@@ -182,7 +182,7 @@ def default_setup(args, platform: str) -> Setup:
     extra.update({k: getattr(args, k) for k in ("reps", "block") if getattr(args, k) is not None})
     sections = tuple(args.sections.split(",")) if args.sections else ()
     _check(sizes, batches, steps + cached, sections, extra)
-    need = max(gen._round_up(s, extra["block"]) for s in sizes)
+    need = max(_round_up(s, extra["block"]) for s in sizes)
     model = dataclasses.replace(model, max_len=max(model.max_len, need))
     return Setup(
         model=model,
@@ -491,7 +491,7 @@ def build_models(setup: Setup) -> Models:
 
 def generation_args(graphdef, params, config, batch, length, rule, num_steps, block_size, cache):
     """The arguments ``generate`` passes to ``_generate_jit`` for empty prompts (see ``_run``)."""
-    plan, canvas = gen._plan(config, rule, num_steps, block_size, cache, (), None, 0.0, length)
+    plan, canvas = _plan(config, rule, num_steps, block_size, cache, (), None, 0.0, length)
     tokens = np.full((batch, canvas), plan.pad_id, np.int32)
     fixed = np.ones((batch, canvas), bool)
     fixed[:, :length] = False
@@ -596,7 +596,7 @@ def measure_sampler(
         )
         args = generation_args(gd, params, cfg, batch, length, rule, k, block, cache)
         compiled, compile_s = compile_timed(
-            gen._generate_jit, *args, options=setup.compiler_options
+            _generate_jit, *args, options=setup.compiler_options
         )
         run_s, out = median_time(
             lambda: compiled(*args[3:]), setup.warmup, setup.reps, setup.time_budget_s
