@@ -105,5 +105,6 @@ def test_compare_and_sweep_end_to_end(tmp_path):
     assert by["cached", 32]["nfe"] < 32
     for r in saved:
         assert r["tokens_per_s"] == pytest.approx(r["generated_tokens"] / r["time_s"])
-        assert r["compile_s"] > 0 and r["gen_ppl"] > 1
+        # compare already compiled some of these programs in this process: compile may be 0.
+        assert r["compile_s"] >= 0 and r["gen_ppl"] > 1
     assert (tmp_path / "sweep" / "sweep_quality_vs_speed.png").stat().st_size > 1000
