@@ -57,7 +57,7 @@ from dllm_jax.nn.transformer import Block, count_params
 from dllm_jax.sampling.ancestral import ancestral
 from dllm_jax.sampling.draws import Logits, position_keys
 from dllm_jax.sampling.driver import example_keys, sample, time_grid
-from dllm_jax.sampling.generate import _generate_jit, _plan, _round_up
+from dllm_jax.sampling.generate import _round_up, generate_program
 from dllm_jax.sampling.kv_decode import _ar_generate_jit
 from dllm_jax.sampling.rules import make_rule
 from dllm_jax.sharding import make_mesh
@@ -489,29 +489,6 @@ def build_models(setup: Setup) -> Models:
     )
 
 
-def generation_args(graphdef, params, config, batch, length, rule, num_steps, block_size, cache):
-    """The arguments ``generate`` passes to ``_generate_jit`` for empty prompts (see ``_run``)."""
-    plan, canvas = _plan(config, rule, num_steps, block_size, cache, (), None, 0.0, length)
-    tokens = np.full((batch, canvas), plan.pad_id, np.int32)
-    fixed = np.ones((batch, canvas), bool)
-    fixed[:, :length] = False
-    zeros = jnp.zeros((batch,), jnp.int32)
-    kv = nnx.merge(graphdef, params).init_cache(batch, canvas) if cache == "exact" else None
-    return (
-        graphdef,
-        plan,
-        config.time_conditioning,
-        params,
-        example_keys(0, np.arange(batch)),
-        jnp.asarray(tokens),
-        jnp.asarray(fixed),
-        zeros,
-        zeros + length,
-        zeros,
-        kv,
-    )
-
-
 def sampling_records(setup: Setup, models: Models, costs: PassCosts, peaks: dict) -> list[dict]:
     records = []
     for length in setup.sizes:
@@ -594,10 +571,11 @@ def measure_sampler(
             if exact
             else (models.graphdef, models.params)
         )
-        args = generation_args(gd, params, cfg, batch, length, rule, k, block, cache)
-        compiled, compile_s = compile_timed(
-            _generate_jit, *args, options=setup.compiler_options
+        program, args = generate_program(
+            gd, params, [[]] * batch, length=length, rule=rule, num_steps=k, block_size=block,
+            cache=cache,
         )
+        compiled, compile_s = compile_timed(program, *args, options=setup.compiler_options)
         run_s, out = median_time(
             lambda: compiled(*args[3:]), setup.warmup, setup.reps, setup.time_budget_s
         )

@@ -36,7 +36,6 @@ from dllm_jax.evaluation.sweep import (
     write_records,
 )
 from dllm_jax.nn.transformer import count_params
-from dllm_jax.sampling.generate import generate
 from dllm_jax.sampling.rules import make_rule
 from dllm_jax.sharding import make_mesh
 from dllm_jax.training.loop import _eval_batches, load_run, train
@@ -160,16 +159,14 @@ def block_cache_comparison(graphdef, params, rule, args, common) -> dict:
     blocks; gen ppl is still counted up to the first eos.
     """
     num_steps = max(1, args.block_steps)
-    kw = dict(length=args.length, rule=rule, num_steps=num_steps, block_size=args.block_size, eos_id=None)
-    idx = list(range(args.num_samples))
-    runs = {c: generate(graphdef, params, [[]] * len(idx), indices=idx, cache=c, **kw) for c in ("none", "approximate")}
-    agreement = float(np.mean(runs["none"].tokens == runs["approximate"].tokens))
-    records = []
+    records, samples = [], {}
     for cache in ("none", "approximate"):
         records += diffusion_records(
             graphdef, params, {f"blocks of {args.block_size}, cache={cache}": rule}, [num_steps],
-            block_size=args.block_size, cache=cache, **dict(common, eos_id=None),
+            block_size=args.block_size, cache=cache, samples=samples, **dict(common, eos_id=None),
         )
+    none, approx = (samples[f"blocks of {args.block_size}, cache={c}", num_steps] for c in ("none", "approximate"))
+    agreement = float(np.mean(none == approx))
     print(f"approximate cache: token agreement with recomputation {agreement:.4f}")
     return {"block_size": args.block_size, "steps_per_block": num_steps, "agreement": agreement, "records": records}
 

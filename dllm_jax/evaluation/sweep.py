@@ -68,11 +68,12 @@ def _record(name, num_steps, tokens_BL, nfe_B, compile_s, run_s, length, quality
 def diffusion_records(
     graphdef, params, rules: Mapping[str, object], steps: Sequence[int], *, length: int,
     num_samples: int, batch_size: int, quality_kw: dict, seed: int = 0, eos_id=None,
-    block_size=None, cache="none", log=print,
+    block_size=None, cache="none", log=print, samples: dict | None = None,
 ) -> list[dict]:
     """One record per (rule name, K): unconditional samples of ``length`` tokens.
 
     ``quality_kw`` goes to ``quality_report`` (eos_id, pad_id, judge_logits_fn, bos_id).
+    ``samples``, if given, receives each setting's tokens under (rule name, K).
     """
     records = []
     for name, rule in rules.items():
@@ -82,6 +83,8 @@ def diffusion_records(
                 indices=idx, eos_id=eos_id, block_size=block_size, cache=cache,
             )
             toks, nfe, c, r = _timed(run, num_samples, batch_size)
+            if samples is not None:
+                samples[name, k] = toks
             records.append(_record(name, k, toks, nfe, c, r, length, quality_kw, kind="diffusion"))
             log(_line(records[-1]))
     return records

@@ -54,7 +54,7 @@ def masked_ancestral_update(process, logits_BLV, tokens_BL, t, s, keys_BL, logit
     reveal_BL &= tokens_BL == process.mask_id
 
     def draw():
-        tok_BL = categorical_BL(keys_BL, TAG_TOKEN, jax.vmap(jax.vmap(logits))(logits_BLV))
+        tok_BL = categorical_BL(keys_BL, TAG_TOKEN, logits(logits_BLV))
         return jnp.where(reveal_BL, tok_BL, tokens_BL)
 
     return jax.lax.cond(jnp.any(reveal_BL), draw, lambda: tokens_BL)
@@ -109,7 +109,7 @@ class UniformAncestral(StepRule):
 
     def step(self, denoise, tokens_BL, t, s, keys_BL, state):
         batch = tokens_BL.shape[0]
-        logits_BLV = jax.vmap(jax.vmap(self.logits))(denoise(tokens_BL, times_B(batch, t)))
+        logits_BLV = self.logits(denoise(tokens_BL, times_B(batch, t)))
         post = uniform_posterior_logits(self.process, jnp.exp(logits_BLV), tokens_BL, t, s)
         return categorical_BL(keys_BL, TAG_TOKEN, post), jnp.ones((batch,), jnp.int32), state
 

@@ -82,7 +82,8 @@ class Logits:
         return self.temperature == 1.0 and self.top_k == 0 and self.top_p == 1.0
 
     def __call__(self, logits_V):
-        """Processed log-probabilities (float32), -inf outside the kept set."""
+        """Processed log-probabilities (float32), -inf outside the kept set; over the last
+        axis, so any leading (batch, position) axes pass through."""
         logp = jax.nn.log_softmax(logits_V.astype(jnp.float32) / self.temperature, axis=-1)
         if self.top_k and self.top_k < logp.shape[-1]:
             kth = jax.lax.top_k(logp, self.top_k)[0][..., -1:]

@@ -167,6 +167,23 @@ def generate(
     Returns:
       A ``Generation``.
     """
+    model, plan, state, indices = _prepare(
+        graphdef, params, prompts, length=length, rule=rule, num_steps=num_steps, indices=indices,
+        block_size=block_size, cache=cache, infill=infill, stop=stop, eos_id=eos_id, guidance=guidance,
+    )
+    return _run(graphdef, params, model, plan, seed, indices, state)
+
+
+def generate_program(graphdef, params, prompts, *, seed: int = 0, **options):
+    """(``_generate_jit``, its arguments): the program ``generate`` would run with these
+    arguments, for ahead-of-time compilation and benchmarks (``jit.lower(*args)``)."""
+    model, plan, state, indices = _prepare(graphdef, params, prompts, **options)
+    return _generate_jit, _jit_args(graphdef, params, model, plan, seed, indices, state)
+
+
+def _prepare(graphdef, params, prompts, *, length, rule, num_steps, indices=None, block_size=None,
+             cache="none", infill=None, stop=(), eos_id=None, guidance=0.0):
+    """Check ``generate``'s arguments; (model, plan, host state, example indices)."""
     model = nnx.merge(graphdef, params)
     config: ModelConfig = model.config
     prompt_rows = _as_rows(prompts, "prompts")
@@ -215,7 +232,7 @@ def generate(
         tokens=tokens_BL, fixed=fixed_BL, prompt_lengths=np.array([len(r) for r in prompt_rows]),
         ends=np.array(ends), cached_blocks=np.zeros(num_rows, np.int32), cache=None,
     )
-    return _run(graphdef, params, model, plan, seed, indices, state)
+    return model, plan, state, indices
 
 
 def resume(graphdef, params, previous: Generation, appended, *, length: int, num_steps: int | None = None) -> Generation:
@@ -328,18 +345,22 @@ def _plan(config: ModelConfig, rule, num_steps, block_size, cache, stops, eos_id
     return plan, canvas
 
 
-def _run(graphdef, params, model, plan: _Plan, seed, indices, state) -> Generation:
+def _jit_args(graphdef, params, model, plan: _Plan, seed, indices, state) -> tuple:
+    """The arguments of ``_generate_jit`` for one prepared call."""
     num_rows, canvas = state["tokens"].shape
-    keys_B = example_keys(seed, indices)
     cache = state["cache"]
     if cache is None and plan.cache == "exact":
         cache = model.init_cache(num_rows, canvas)
-    out = _generate_jit(
-        graphdef, plan, model.config.time_conditioning, params, keys_B,
+    return (
+        graphdef, plan, model.config.time_conditioning, params, example_keys(seed, indices),
         jnp.asarray(state["tokens"]), jnp.asarray(state["fixed"]),
         jnp.asarray(state["prompt_lengths"], jnp.int32), jnp.asarray(state["ends"], jnp.int32),
         jnp.asarray(state["cached_blocks"], jnp.int32), cache,
     )
+
+
+def _run(graphdef, params, model, plan: _Plan, seed, indices, state) -> Generation:
+    out = _generate_jit(*_jit_args(graphdef, params, model, plan, seed, indices, state))
     tokens, ends, stopped, nfe, cache = out
     return Generation(
         tokens=np.asarray(tokens), prompt_lengths=np.asarray(state["prompt_lengths"]), ends=np.asarray(ends),

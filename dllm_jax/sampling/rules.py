@@ -56,11 +56,6 @@ def _require(rule, kind) -> None:
         )
 
 
-def processed_BLV(logits: Logits, logits_BLV):
-    """Processed log-probabilities (B, L, V), float32."""
-    return jax.vmap(jax.vmap(logits))(logits_BLV)
-
-
 def evaluate_if(need_B, denoise, tokens_BL, t, num_tokens: int):
     """Raw float32 logits (B, L, V); the network is not called at all if no row needs it."""
     batch, length = tokens_BL.shape
@@ -77,7 +72,7 @@ def masked_logp(rule, denoise, tokens_BL, t):
     masked_BL = tokens_BL == rule.process.mask_id
     masked_B = jnp.sum(masked_BL, axis=-1)
     raw_BLV = evaluate_if(masked_B > 0, denoise, tokens_BL, t, rule.process.num_tokens)
-    return masked_BL, masked_B, processed_BLV(rule.logits, raw_BLV)
+    return masked_BL, masked_B, rule.logits(raw_BLV)
 
 
 def rank_BL(score_BL, candidate_BL):
@@ -213,7 +208,7 @@ class OrderedUnmask(StepRule):
         count_B = jnp.maximum(jnp.sum(masked_BL, axis=-1) - left_B, 0)
         need_B = count_B > 0
         raw_BLV = evaluate_if(need_B, denoise, tokens_BL, t, self.process.num_tokens)
-        logp_BLV = processed_BLV(self.logits, raw_BLV)
+        logp_BLV = self.logits(raw_BLV)
         tok_BL = categorical_BL(keys_BL, TAG_TOKEN, logp_BLV)
         score_BL = order_scores(self.order, logp_BLV, tok_BL, keys_BL)
         chosen_BL = masked_BL & (rank_BL(score_BL, masked_BL) < count_B[:, None])
@@ -334,7 +329,7 @@ class ReMDM(StepRule):
         a_t, a_s = self.process.schedule.alpha(t), self.process.schedule.alpha(s)
         masked_BL = tokens_BL == self.process.mask_id
         sigma_BL = self.sigma_BL(masked_BL, psi_BL, a_t, a_s)
-        logp_BLV = processed_BLV(self.logits, denoise(tokens_BL, times_B(batch, t)))
+        logp_BLV = self.logits(denoise(tokens_BL, times_B(batch, t)))
         tok_BL = categorical_BL(keys_BL, TAG_TOKEN, logp_BLV)
         p_unmask_BL = (a_s - (1.0 - sigma_BL) * a_t) / (1.0 - a_t)
         unmask_BL = masked_BL & (uniform_BL(keys_BL, TAG_UNMASK) < p_unmask_BL)
@@ -370,7 +365,7 @@ class UniformPredictorCorrector(StepRule):
         a_t, a_s = self.process.schedule.alpha(t), self.process.schedule.alpha(s)
 
         def predict(x_BL, offset):
-            logp_BLV = processed_BLV(self.logits, denoise(x_BL, times_B(batch, t)))
+            logp_BLV = self.logits(denoise(x_BL, times_B(batch, t)))
             post_BLV = uniform_posterior_logits(self.process, jnp.exp(logp_BLV), x_BL, t, s)
             return categorical_BL(keys_BL, TAG_TOKEN + offset, post_BLV)
 
