@@ -48,6 +48,19 @@ def _one_of(obj, name: str, allowed: tuple[str, ...]) -> None:
         )
 
 
+TIME_DISTRIBUTIONS = ("uniform", "logit_normal")
+WEIGHTINGS = ("elbo", "flat")
+
+
+def _number(obj, name: str) -> float:
+    value = getattr(obj, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{type(obj).__name__}.{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{type(obj).__name__}.{name} must be finite, got {value!r}")
+    return float(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Transformer backbone.
@@ -63,6 +76,17 @@ class ModelConfig:
       time_conditioning: adaptive layer norm on t (DiT-style adaLN-Zero, as in SEDD/MDLM).
       dtype: compute dtype; parameters are always stored in float32.
       vocab_multiple: the embedding table is padded to a multiple of this (TPU-friendly).
+      remat: rematerialise each block in the backward pass (less memory, more compute).
+      shift: Dream's shifted prediction: the network's output at position i predicts token
+        i + 1 (position 0 predicts itself), so a token's prediction is computed where its
+        left neighbour sits — the structure of an AR model. The returned logits are already
+        re-aligned (``logits[:, i]`` is always the distribution of token i), so processes
+        and samplers see no difference.
+      attention_bias: ``none``, or ``alibi``: ALiBi's distance penalty -m_h |i - j| added to
+        the attention logits (on top of rotary positions), so attention starts local.
+      embed_init_std: standard deviation of the input embedding at initialisation.
+      head_init_scale: the output projection's initial weights are LeCun-normal times this
+        factor (0 = zero init: uniform logits at step 0).
     """
 
     num_tokens: int
@@ -79,6 +103,10 @@ class ModelConfig:
     rope_theta: float = 10_000.0
     vocab_multiple: int = 1
     remat: bool = False
+    shift: bool = False
+    attention_bias: Literal["none", "alibi"] = "none"
+    embed_init_std: float = 1.0
+    head_init_scale: float = 1.0
 
     def __post_init__(self):
         _positive_int(
@@ -102,8 +130,18 @@ class ModelConfig:
             )
         _one_of(self, "attention", ATTENTION_KINDS)
         _one_of(self, "dtype", DTYPES)
-        if self.rope_theta <= 0:
+        _one_of(self, "attention_bias", ("none", "alibi"))
+        if not _number(self, "rope_theta") > 0:
             raise ValueError(f"ModelConfig.rope_theta must be > 0, got {self.rope_theta}")
+        if not _number(self, "embed_init_std") > 0:
+            raise ValueError(f"ModelConfig.embed_init_std must be > 0, got {self.embed_init_std}")
+        if not _number(self, "head_init_scale") >= 0:
+            raise ValueError(f"ModelConfig.head_init_scale must be >= 0, got {self.head_init_scale}")
+        if self.shift and self.attention != "bidirectional":
+            raise ValueError(
+                "ModelConfig.shift (Dream's shifted prediction) is for bidirectional diffusion "
+                f"models, got attention={self.attention!r}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -128,26 +166,78 @@ class ModelConfig:
 class NoiseConfig:
     """The training objective: a noise process with its schedule, or the AR baseline.
 
+    The fields below ``t_min`` change how the model is *trained* only. Evaluation always
+    reports the true bound (the ELBO integrated over uniform times on [t_min, t_max]).
+
     Attributes:
       process: ``masked`` (absorbing), ``uniform`` or ``ar``.
       schedule: ``loglinear`` (alpha = 1 - t), ``cosine`` or ``polynomial``.
       exponent: the polynomial schedule's power (alpha = 1 - t**exponent).
-      t_min: training times are drawn from [t_min, 1] (masked) or [t_min, 1 - t_min]
-        (uniform); the loss is the ELBO integral over that range, unbiased for it.
+      t_min: the bound integrates over [t_min, 1] (masked) or [t_min, 1 - t_min]
+        (uniform); uniform training times over that range make the loss unbiased for it.
+      time_distribution: how training times are drawn from the stratified uniforms:
+        ``uniform`` on [t_low, t_high], or ``logit_normal`` (t = sigmoid(logit_mean +
+        logit_std * z), bell-shaped) truncated to [t_low, t_high]. Both map the stratified
+        uniforms through an inverse CDF, so the batch stays stratified.
+      t_low, t_high: clip training times to [t_low, t_high] (BD3-LM's clipped schedules);
+        (0, 1) = no clipping. Intersected with the process's [t_min, t_max].
+      logit_mean, logit_std: the logit-normal's location and scale.
+      weighting: ``elbo`` (each corrupted token's loss weighted by the ELBO's
+        -alpha'/(1 - alpha), normalised by all tokens: the bound itself) or ``flat``
+        (plain cross-entropy on the corrupted tokens, averaged over them: MaskGIT/LLaDA-style
+        training; for the uniform process every position, since any may be corrupted).
+      ar_fraction: this share of the training rows (chosen per example, from its key) is
+        trained with the AR loss on the same backbone under a causal mask (Eso-LM-style
+        mixing); the rest with the diffusion loss. 0 = pure diffusion.
     """
 
     process: Literal["masked", "uniform", "ar"] = "masked"
     schedule: Literal["loglinear", "cosine", "polynomial"] = "loglinear"
     exponent: float = 1.0
     t_min: float = 1e-3
+    time_distribution: Literal["uniform", "logit_normal"] = "uniform"
+    t_low: float = 0.0
+    t_high: float = 1.0
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    weighting: Literal["elbo", "flat"] = "elbo"
+    ar_fraction: float = 0.0
 
     def __post_init__(self):
         _one_of(self, "process", PROCESS_KINDS)
         _one_of(self, "schedule", SCHEDULE_KINDS)
+        _one_of(self, "time_distribution", TIME_DISTRIBUTIONS)
+        _one_of(self, "weighting", WEIGHTINGS)
+        for name in ("exponent", "t_min", "t_low", "t_high", "logit_mean", "logit_std", "ar_fraction"):
+            _number(self, name)
         if not self.exponent > 0:
             raise ValueError(f"NoiseConfig.exponent must be > 0, got {self.exponent}")
         if not 0 <= self.t_min < 0.5:
             raise ValueError(f"NoiseConfig.t_min must be in [0, 0.5), got {self.t_min}")
+        if not 0 <= self.t_low < self.t_high <= 1:
+            raise ValueError(
+                f"NoiseConfig.t_low and t_high must satisfy 0 <= t_low < t_high <= 1, got "
+                f"t_low={self.t_low}, t_high={self.t_high}"
+            )
+        t_max = 1.0 - self.t_min if self.process == "uniform" else 1.0
+        if self.process != "ar" and (self.t_high <= self.t_min or self.t_low >= t_max):
+            raise ValueError(
+                f"NoiseConfig training range [t_low={self.t_low}, t_high={self.t_high}] does not "
+                f"overlap the process's range [t_min={self.t_min}, {t_max}]"
+            )
+        if not self.logit_std > 0:
+            raise ValueError(f"NoiseConfig.logit_std must be > 0, got {self.logit_std}")
+        if not 0 <= self.ar_fraction < 1:
+            raise ValueError(f"NoiseConfig.ar_fraction must be in [0, 1), got {self.ar_fraction}")
+        if self.process == "ar":
+            recipe = {"time_distribution": "uniform", "t_low": 0.0, "t_high": 1.0,
+                      "weighting": "elbo", "ar_fraction": 0.0}
+            changed = [f"{k}={getattr(self, k)!r}" for k, v in recipe.items() if getattr(self, k) != v]
+            if changed:
+                raise ValueError(
+                    f"NoiseConfig.process='ar' has no noise to shape; these diffusion training "
+                    f"options must keep their defaults: {', '.join(changed)}"
+                )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +259,10 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation: AdamW, linear warmup + cosine decay, clipping, optional EMA."""
+    """Optimisation: AdamW, linear warmup + cosine decay, clipping, optional EMA.
+
+    ``grad_clip`` is the global-norm clipping threshold; 0 turns clipping off.
+    """
 
     batch_size: int = 32
     seq_len: int = 128
@@ -196,8 +289,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not self.grad_clip > 0:
-            raise ValueError(f"TrainConfig.grad_clip must be > 0, got {self.grad_clip}")
+        if not _number(self, "grad_clip") >= 0:
+            raise ValueError(f"TrainConfig.grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip}")
         for name in ("b1", "b2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -272,7 +365,11 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
-    """The host loop: logging, evaluation, samples and checkpoints."""
+    """The host loop: logging, evaluation, samples and checkpoints.
+
+    ``context_times``: the noise levels at which every eval also measures the NLL per
+    corrupted token (``dllm_jax.evaluation.context_use``); () turns the diagnostic off.
+    """
 
     log_every: int = 20
     eval_every: int = 200
@@ -283,6 +380,7 @@ class LoopConfig:
     sample_steps: tuple[int, ...] = (8, 32, 128)
     num_samples: int = 2
     sample_length: int = 64
+    context_times: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99)
 
     def __post_init__(self):
         _positive_int(
@@ -291,6 +389,13 @@ class LoopConfig:
         )
         if any(not isinstance(k, int) or k < 1 for k in self.sample_steps):
             raise ValueError(f"LoopConfig.sample_steps must be integers >= 1, got {self.sample_steps}")
+        if not isinstance(self.context_times, tuple) or any(
+            isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1
+            for t in self.context_times
+        ):
+            raise ValueError(
+                f"LoopConfig.context_times must be a tuple of times in (0, 1], got {self.context_times!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

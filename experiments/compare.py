@@ -25,7 +25,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from dllm_jax.checkpoint import Checkpointer
 from dllm_jax.config import ExperimentConfig
+from dllm_jax.evaluation.context_use import context_use, plot_context_use
 from dllm_jax.evaluation.likelihood import evaluate_likelihood, utf8_bytes
 from dllm_jax.evaluation.quality import load_judge
 from dllm_jax.evaluation.sweep import (
@@ -124,6 +126,7 @@ def evaluate(args, run_dir: Path) -> dict:
         likelihood[name] = {**res.as_dict(), "params": count_params(params), "step": step,
                             "tokens_seen": step * exp.train.batch_size * exp.train.seq_len}
         print(f"{name}: {res.nats_per_token:.4f} ± {res.ci95:.4f} nats/token, {res.bits_per_byte:.4f} bits/byte")
+    context = context_use_by_checkpoint(run_dir, models, batches, mesh)
     kw = quality_kwargs(judge, tok, d_exp.model.num_tokens)
     common = dict(length=args.length, num_samples=args.num_samples, batch_size=args.batch_size,
                   quality_kw=kw, eos_id=tok.eos_id)
@@ -146,9 +149,32 @@ def evaluate(args, run_dir: Path) -> dict:
         "jax": jax.__version__, "experiment": args.experiment, "likelihood": likelihood,
         "judge": {"run": str(args.judge or run_dir / "judge"), "step": judge.step},
         "records": records, "pareto": [f"{r['rule']} K={r['num_steps']}" for r in pareto_front(records)],
-        "latency": latency, "blocks": blocks, "plots": {k: Path(v).name for k, v in paths.items() if k.endswith("png")},
+        "latency": latency, "blocks": blocks, "context_use": context,
+        "plots": {**{k: Path(v).name for k, v in paths.items() if k.endswith("png")}, "context_use": "context_use.png"},
         "length": args.length, "num_samples": args.num_samples,
     }
+
+
+def context_use_by_checkpoint(run_dir: Path, models: dict, batches, mesh) -> dict:
+    """The context-use diagnostic of every saved diffusion checkpoint, and AR's reference.
+
+    Writes ``context_use.png`` (one curve per checkpoint) and returns the curves by label.
+    """
+    d_exp, d_graphdef, _, _, d_obj, _ = models["diffusion"]
+    ckpt = Checkpointer(run_dir / "diffusion" / "checkpoints", max_to_keep=None)
+    steps = ckpt.all_steps()
+    ckpt.close()
+    curves = {}
+    for step in steps:
+        params = load_run(run_dir / "diffusion", step=step)[2]
+        curves[f"diffusion step {step}"] = context_use(d_obj, d_graphdef, params, batches, mesh, seed=d_exp.train.seed)
+    a_exp, a_graphdef, a_params, _, a_obj, a_step = models["ar"]
+    reference = context_use(a_obj, a_graphdef, a_params, batches, mesh, times=(0.5,))
+    plot_context_use(curves, run_dir / "context_use.png", reference=reference,
+                     title="NLL per masked token vs t (diffusion checkpoints) against AR")
+    for label, use in curves.items():
+        print(f"{label}: NLL per corrupted token by t\n{use.table()}")
+    return {"curves": {k: v.as_dict() for k, v in curves.items()}, "ar_nll": reference.nll[0]}
 
 
 def block_cache_comparison(graphdef, params, rule, args, common) -> dict:
@@ -195,6 +221,15 @@ def render(report: dict) -> str:
     for r in report["records"]:
         lines.append(f"| {r['rule']} | {r['num_steps']} | {r['nfe']:.1f} | {_f(r['gen_ppl'])} | {_f(r.get('ar_gen_ppl_at_entropy'))} | "
                      f"{r['entropy']:.3f} | {r['distinct_4']:.3f} | {r['rep_4']:.3f} | {r['tokens_per_s']:.1f} | {r['compile_s']:.1f} |")
+    ctx = report.get("context_use")
+    if ctx:
+        times = next(iter(ctx["curves"].values()))["times"] if ctx["curves"] else []
+        lines += ["", "## Context use (NLL per masked token at noise level t; AR exact NLL "
+                  f"{ctx['ar_nll']:.3f} for reference)", "",
+                  "| checkpoint | " + " | ".join(f"t={t:.2f}" for t in times) + " | unigram entropy |",
+                  "|---|" + "---:|" * (len(times) + 1)]
+        for label, c in ctx["curves"].items():
+            lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in c["nll"]) + f" | {c['unigram_entropy']:.3f} |")
     lines += ["", "Pareto front (gen ppl vs tokens/s): " + ", ".join(report["pareto"]), "",
               "## Latency at batch 1", "", "| sampler | K | NFE | time per sample s | tokens/s |", "|---|---:|---:|---:|---:|"]
     for r in report["latency"]:

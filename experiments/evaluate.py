@@ -2,7 +2,8 @@
 
 Prints nats/token with its 95% Monte-Carlo CI over the stratified time grid (a bound for
 diffusion, exact for AR), bits/token, bits/byte (comparable across tokenizers) and the
-number of time samples.
+number of time samples; then the context-use diagnostic: the NLL per corrupted token at
+each noise level t, against the data's unigram entropy (``--context_times``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import dataclasses
 import json
 
+from dllm_jax.evaluation.context_use import DEFAULT_TIMES, context_use
 from dllm_jax.evaluation.likelihood import evaluate_likelihood, utf8_bytes
 from dllm_jax.sharding import make_mesh
 from dllm_jax.training.loop import _eval_batches, load_run
@@ -21,6 +23,8 @@ def main(argv=None):
     parser.add_argument("run_dir")
     parser.add_argument("--batches", type=int, default=None, help="validation batches")
     parser.add_argument("--time_points", type=int, default=16, help="stratified time offsets")
+    parser.add_argument("--context_times", type=float, nargs="*", default=list(DEFAULT_TIMES),
+                        help="noise levels of the context-use diagnostic (none: skip it)")
     args = parser.parse_args(argv)
     exp, graphdef, params, tok, objective, step = load_run(args.run_dir)
     if args.batches:
@@ -31,6 +35,12 @@ def main(argv=None):
                                  seed=exp.train.seed, num_bytes=utf8_bytes(tok, batches))
     out = {**result.as_dict(), "step": step}
     print(json.dumps(out, indent=2))
+    if args.context_times:
+        use = context_use(objective, graphdef, params, batches, mesh, times=args.context_times,
+                          seed=exp.train.seed)
+        out["context_use"] = use.as_dict()
+        print("\nNLL per corrupted token by noise level t" + (" (AR: exact NLL, the same at every t)" if use.exact else ""))
+        print(use.table())
     return out
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dllm_jax.config import (
+    LoopConfig,
     MeshConfig,
     ModelConfig,
     NoiseConfig,
@@ -98,6 +99,51 @@ def test_noise_config_ranges(field, value):
 
 
 @pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"time_distribution": "beta"}, r"time_distribution must be one of .*got 'beta'"),
+        ({"weighting": "mdlm"}, r"weighting must be one of \('elbo', 'flat'\), got 'mdlm'"),
+        ({"t_low": 0.5, "t_high": 0.5}, r"0 <= t_low < t_high <= 1, got t_low=0.5, t_high=0.5"),
+        ({"t_low": -0.1}, r"t_low=-0.1"),
+        ({"t_high": 1.5}, r"t_high=1.5"),
+        ({"t_high": 0.0005}, r"training range \[t_low=0.0, t_high=0.0005\] does not overlap"),
+        ({"process": "uniform", "t_min": 0.1, "t_low": 0.95}, r"does not overlap .*\[t_min=0.1, 0.9\]"),
+        ({"logit_std": 0.0}, r"logit_std must be > 0, got 0.0"),
+        ({"ar_fraction": 1.0}, r"ar_fraction must be in \[0, 1\), got 1.0"),
+        ({"ar_fraction": -0.5}, r"ar_fraction must be in \[0, 1\), got -0.5"),
+        ({"t_low": "0.1"}, r"NoiseConfig.t_low must be a number, got '0.1'"),
+        ({"logit_mean": float("inf")}, r"logit_mean must be finite, got inf"),
+        ({"process": "ar", "weighting": "flat"}, r"process='ar' has no noise .*weighting='flat'"),
+        ({"process": "ar", "ar_fraction": 0.5}, r"process='ar' .*ar_fraction=0.5"),
+    ],
+)
+def test_noise_config_training_recipe_fields(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        NoiseConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"embed_init_std": 0.0}, r"embed_init_std must be > 0, got 0.0"),
+        ({"head_init_scale": -1.0}, r"head_init_scale must be >= 0, got -1.0"),
+        ({"head_init_scale": float("nan")}, r"head_init_scale must be finite, got nan"),
+        ({"shift": True, "attention": "causal"}, r"shift .* bidirectional diffusion models, got attention='causal'"),
+    ],
+)
+def test_model_config_recipe_fields(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(num_tokens=11, **kwargs)
+
+
+@pytest.mark.parametrize("value", [(0.0,), (0.5, 1.5), [0.1], ("a",)])
+def test_loop_config_context_times(value):
+    with pytest.raises(ValueError, match=r"LoopConfig.context_times must be a tuple of times in \(0, 1\]"):
+        LoopConfig(context_times=value)
+    LoopConfig(context_times=())  # off
+
+
+@pytest.mark.parametrize(
     ("field", "value"),
     [
         ("lr", 0.0),
@@ -105,7 +151,8 @@ def test_noise_config_ranges(field, value):
         ("ema_decay", 1.0),
         ("ema_decay", -0.1),
         ("min_lr_ratio", 1.5),
-        ("grad_clip", 0.0),
+        ("grad_clip", -1.0),
+        ("grad_clip", float("nan")),
         ("b2", 1.0),
         ("weight_decay", -0.01),
         ("warmup_steps", -1),

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dllm_jax.config import NoiseConfig, special_ids
 from dllm_jax.diffusion.autoregressive import ARObjective, shift_right
-from dllm_jax.diffusion.base import NoiseProcess, Objective, stratified_uniforms
+from dllm_jax.diffusion.base import NoiseProcess, Objective, stratified_uniforms, token_nll
 from dllm_jax.diffusion.masked import MaskedProcess
 from dllm_jax.diffusion.oracle import all_sequences, oracle_denoiser, sequence_index
+from dllm_jax.diffusion.recipe import Recipe, TimeSampler, training_objective
 from dllm_jax.diffusion.schedules import Cosine, LogLinear, Polynomial, Schedule, make_schedule
 from dllm_jax.diffusion.uniform import UniformProcess
 
@@ -31,7 +32,9 @@ __all__ = [
     "NoiseProcess",
     "Objective",
     "Polynomial",
+    "Recipe",
     "Schedule",
+    "TimeSampler",
     "UniformProcess",
     "all_sequences",
     "make_objective",
@@ -40,4 +43,6 @@ __all__ = [
     "sequence_index",
     "shift_right",
     "stratified_uniforms",
+    "token_nll",
+    "training_objective",
 ]

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
-from dllm_jax.diffusion.base import Objective
+from dllm_jax.diffusion.base import Objective, token_nll
 
 
 def shift_right(tokens_BL, bos_id: int):
@@ -27,7 +26,5 @@ class ARObjective(Objective):
     def training_loss(self, apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B):
         del keys_B, u_B  # exact likelihood: no noise, no time
         logits_BLV = apply_fn(shift_right(tokens_BL, self.bos_id), None)
-        logp = jax.nn.log_softmax(logits_BLV.astype(jnp.promote_types(logits_BLV.dtype, jnp.float32)), axis=-1)
-        safe = jnp.where(loss_mask_BL, tokens_BL, 0)
-        nll_BL = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+        nll_BL = token_nll(logits_BLV, jnp.where(loss_mask_BL, tokens_BL, 0), self.num_tokens)
         return jnp.where(loss_mask_BL, nll_BL, 0.0)

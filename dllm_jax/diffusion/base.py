@@ -40,6 +40,21 @@ class Objective(abc.ABC):
           u_B: stratified uniforms in [0, 1) that set each example's time.
         """
 
+    def loss_sums(self, apply_fn: ApplyFn, keys_B, tokens_BL, loss_mask_BL, u_B):
+        """(sum of per-token losses, number of loss tokens): the batch loss is their ratio."""
+        loss_BL = self.training_loss(apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B)
+        return loss_BL.sum(), loss_mask_BL.sum()
+
+
+def token_nll(logits_BLV, tokens_BL, num_tokens: int):
+    """-log softmax(logits)[token] per position (B, L), in at least float32.
+
+    Ids outside the ordinary tokens (padding, specials) read token 0: mask them out.
+    """
+    logp_BLV = jax.nn.log_softmax(logits_BLV.astype(jnp.promote_types(logits_BLV.dtype, jnp.float32)), axis=-1)
+    safe_BL = jnp.where(tokens_BL < num_tokens, tokens_BL, 0)
+    return -jnp.take_along_axis(logp_BLV, safe_BL[..., None], axis=-1)[..., 0]
+
 
 @dataclasses.dataclass(frozen=True)
 class NoiseProcess(Objective):
@@ -68,6 +83,14 @@ class NoiseProcess(Objective):
     @abc.abstractmethod
     def elbo_terms(self, logits_BLV, tokens_BL, noisy_BL, t_B):
         """Integrand of the negative ELBO at t, per position (B, L), nats."""
+
+    @abc.abstractmethod
+    def denoising_positions(self, noisy_BL):
+        """Positions whose clean token the denoiser must infer from x_t (bool, B x L).
+
+        Flat cross-entropy training scores these; the context-use diagnostic reports the
+        NLL of the clean token at the corrupted ones among them.
+        """
 
     def times(self, u_B):
         """Map uniforms to training times in [t_min, t_max]."""

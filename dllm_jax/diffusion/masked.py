@@ -16,7 +16,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from dllm_jax.diffusion.base import NoiseProcess, per_example_uniform
+from dllm_jax.diffusion.base import NoiseProcess, per_example_uniform, token_nll
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +49,10 @@ class MaskedProcess(NoiseProcess):
         return -self.schedule.dalpha(t_B) / (1.0 - self.schedule.alpha(t_B))
 
     def elbo_terms(self, logits_BLV, tokens_BL, noisy_BL, t_B):
-        logp_BLV = jax.nn.log_softmax(logits_BLV.astype(jnp.promote_types(logits_BLV.dtype, jnp.float32)), axis=-1)
-        safe_BL = jnp.where(tokens_BL < self.num_tokens, tokens_BL, 0)  # padding ids
-        nll_BL = -jnp.take_along_axis(logp_BLV, safe_BL[..., None], axis=-1)[..., 0]
+        nll_BL = token_nll(logits_BLV, tokens_BL, self.num_tokens)
         is_mask = noisy_BL == self.mask_id
         return jnp.where(is_mask, self.weight(t_B)[:, None] * nll_BL, 0.0)
+
+    def denoising_positions(self, noisy_BL):
+        """The masked positions: every other token is carried over (SUBS)."""
+        return noisy_BL == self.mask_id

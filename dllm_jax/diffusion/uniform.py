@@ -49,6 +49,10 @@ class UniformProcess(NoiseProcess):
     def prior(self, keys_B, length: int):
         return jax.vmap(lambda k: jax.random.randint(k, (length,), 0, self.num_tokens))(keys_B)
 
+    def denoising_positions(self, noisy_BL):
+        """Every position: any token may have been resampled, and the model cannot tell which."""
+        return jnp.ones(noisy_BL.shape, bool)
+
     def elbo_terms(self, logits_BLV, tokens_BL, noisy_BL, t_B):
         V = self.num_tokens
         a = self.schedule.alpha(t_B)[:, None, None]

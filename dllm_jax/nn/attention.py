@@ -49,8 +49,11 @@ class KVCache(NamedTuple):
 class Attention(nnx.Module):
     """Multi-head self-attention with rotary positions; softmax in float32."""
 
-    def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 alibi: bool = False):
         head_dim = d_model // num_heads
+        self.alibi = alibi
+        self.num_heads = num_heads
         axes_in = ("embed", "heads", "head_dim")
         self.q = Linear(d_model, (num_heads, head_dim), axes_in, rngs=rngs, dtype=dtype)
         self.k = Linear(d_model, (num_heads, head_dim), axes_in, rngs=rngs, dtype=dtype)
@@ -63,8 +66,15 @@ class Attention(nnx.Module):
         k_BLHK = apply_rotary(self.k(x_BLD), positions_BL, sin, cos)
         v_BLHK = self.v(x_BLD)
         q_BLHK = constrain(q_BLHK, "batch", "length", "act_heads", None)
-        out_BLHK = attend(q_BLHK, k_BLHK, v_BLHK, mask_LS)
+        bias = self._bias(positions_BL, positions_BL)
+        out_BLHK = attend(q_BLHK, k_BLHK, v_BLHK, mask_LS, bias)
         return self.o(out_BLHK)
+
+    def _bias(self, q_pos_BL, k_pos_BS):
+        """ALiBi's distance penalty -m_h |i - j| (B, H, L, S), or None when off."""
+        if not self.alibi:
+            return None
+        return alibi_bias(self.num_heads, q_pos_BL, k_pos_BS)
 
     def decode(self, x_B1D, position, cache: KVCache, sin, cos):
         """Causal attention of one new position to itself and the cached earlier ones.
@@ -85,7 +95,8 @@ class Attention(nnx.Module):
         k_BSHK = jax.lax.dynamic_update_slice(cache.k, k_B1HK.astype(cache.k.dtype), start)
         v_BSHK = jax.lax.dynamic_update_slice(cache.v, v_B1HK.astype(cache.v.dtype), start)
         mask_1S = (jnp.arange(k_BSHK.shape[1]) <= position)[None, :]
-        out_B1HK = attend(q_B1HK, k_BSHK, v_BSHK, mask_1S)
+        k_pos_BS = jnp.broadcast_to(jnp.arange(k_BSHK.shape[1]), k_BSHK.shape[:2])
+        out_B1HK = attend(q_B1HK, k_BSHK, v_BSHK, mask_1S, self._bias(positions_B1, k_pos_BS))
         return self.o(out_B1HK), KVCache(k_BSHK, v_BSHK)
 
     def chunk(self, x_BCD, start, cache: KVCache, mask_BCS, sin, cos):
@@ -103,7 +114,8 @@ class Attention(nnx.Module):
         at = (0, start, 0, 0)
         k_BSHK = jax.lax.dynamic_update_slice(cache.k, k_BCHK.astype(cache.k.dtype), at)
         v_BSHK = jax.lax.dynamic_update_slice(cache.v, v_BCHK.astype(cache.v.dtype), at)
-        out_BCHK = attend(q_BCHK, k_BSHK, v_BSHK, mask_BCS[:, None])
+        k_pos_BS = jnp.broadcast_to(jnp.arange(k_BSHK.shape[1]), k_BSHK.shape[:2])
+        out_BCHK = attend(q_BCHK, k_BSHK, v_BSHK, mask_BCS[:, None], self._bias(positions_BC, k_pos_BS))
         return self.o(out_BCHK), KVCache(k_BSHK, v_BSHK)
 
 
@@ -119,11 +131,30 @@ def structural_mask(kind: str, q_pos_L, kv_pos_S, block_size: int = 1):
     raise ValueError(f"unknown attention kind {kind!r}; expected bidirectional, causal or block_causal")
 
 
-def attend(q_BLHK, k_BSHK, v_BSHK, mask_LS):
-    """Scaled dot-product attention with a boolean mask, logits and softmax in float32."""
+def alibi_slopes(num_heads: int) -> np.ndarray:
+    """ALiBi's per-head slopes m_h = 2^(-8 (h + 1) / H) (Press et al. 2022)."""
+    return 2.0 ** (-8.0 * np.arange(1, num_heads + 1) / num_heads)
+
+
+def alibi_bias(num_heads: int, q_pos_BL, k_pos_BS):
+    """-m_h |i - j| for query positions i and key positions j: (B, H, L, S), float32.
+
+    Symmetric in i - j, so a bidirectional model starts with local attention in every head
+    (a diffusion model's masked positions see their neighbours from the first step).
+    """
+    dist_BLS = jnp.abs(q_pos_BL[:, :, None] - k_pos_BS[:, None, :]).astype(jnp.float32)
+    return -jnp.asarray(alibi_slopes(num_heads), jnp.float32)[None, :, None, None] * dist_BLS[:, None]
+
+
+def attend(q_BLHK, k_BSHK, v_BSHK, mask_LS, bias_BHLS=None):
+    """Scaled dot-product attention with a boolean mask (and an optional additive bias),
+    logits and softmax in float32."""
     scale = q_BLHK.shape[-1] ** -0.5
     logits_BHLS = jnp.einsum("blhk,bshk->bhls", q_BLHK, k_BSHK, preferred_element_type=jnp.float32)
-    logits_BHLS = jnp.where(mask_LS, logits_BHLS * scale, jnp.finfo(jnp.float32).min)
+    logits_BHLS = logits_BHLS * scale
+    if bias_BHLS is not None:
+        logits_BHLS = logits_BHLS + bias_BHLS
+    logits_BHLS = jnp.where(mask_LS, logits_BHLS, jnp.finfo(jnp.float32).min)
     probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(v_BSHK.dtype)
     return jnp.einsum("bhls,bshk->blhk", probs_BHLS, v_BSHK)
 

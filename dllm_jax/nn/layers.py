@@ -31,12 +31,14 @@ class Linear(nnx.Module):
         rngs: nnx.Rngs,
         dtype=jnp.float32,
         zero_init: bool = False,
+        init_scale: float = 1.0,
     ):
         out_axes = tuple(range(1, 1 + len(out_shape)))
         init = (
             nnx.initializers.zeros
-            if zero_init
-            else nnx.initializers.lecun_normal(in_axis=0, out_axis=out_axes)
+            if zero_init or init_scale == 0
+            else nnx.initializers.variance_scaling(init_scale**2, "fan_in", "truncated_normal",
+                                                   in_axis=0, out_axis=out_axes)
         )
         self.kernel = param(rngs, init, (in_features, *out_shape), axes)
         self.dtype = dtype
@@ -78,8 +80,9 @@ class SwiGLU(nnx.Module):
 class Embed(nnx.Module):
     """Token embedding table of shape (vocab_size, d_model)."""
 
-    def __init__(self, vocab_size: int, d_model: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
-        init = nnx.initializers.normal(stddev=1.0)
+    def __init__(self, vocab_size: int, d_model: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 init_std: float = 1.0):
+        init = nnx.initializers.normal(stddev=init_std)
         self.table = param(rngs, init, (vocab_size, d_model), ("vocab", "embed"))
         self.dtype = dtype
 

@@ -35,7 +35,8 @@ class Block(nnx.Module):
         dtype = _dtype(config)
         d = config.d_model
         self.attn_norm = RMSNorm(d, rngs=rngs)
-        self.attn = Attention(d, config.num_heads, rngs=rngs, dtype=dtype)
+        self.attn = Attention(d, config.num_heads, rngs=rngs, dtype=dtype,
+                              alibi=config.attention_bias == "alibi")
         self.mlp_norm = RMSNorm(d, rngs=rngs)
         self.mlp = SwiGLU(d, config.hidden_dim, rngs=rngs, dtype=dtype)
         self.modulation = (
@@ -88,7 +89,8 @@ class Transformer(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
         dtype = _dtype(config)
-        self.embed = Embed(config.vocab_size, config.d_model, rngs=rngs, dtype=dtype)
+        self.embed = Embed(config.vocab_size, config.d_model, rngs=rngs, dtype=dtype,
+                           init_std=config.embed_init_std)
 
         @nnx.split_rngs(splits=config.num_layers)
         @nnx.vmap(in_axes=0, out_axes=0, transform_metadata=_LAYERS)
@@ -97,19 +99,27 @@ class Transformer(nnx.Module):
 
         self.blocks = make_blocks(rngs)
         self.final_norm = RMSNorm(config.d_model, rngs=rngs)
-        self.head = Linear(config.d_model, (config.num_tokens,), ("embed", "vocab"), rngs=rngs, dtype=dtype)
+        self.head = Linear(config.d_model, (config.num_tokens,), ("embed", "vocab"), rngs=rngs, dtype=dtype,
+                           init_scale=config.head_init_scale)
         if config.time_conditioning:
             c = config.time_embed_dim
             self.time_in = Linear(c, (c,), ("cond", None), rngs=rngs)
             self.time_out = Linear(c, (c,), (None, "cond"), rngs=rngs)
             self.final_modulation = Linear(c, (2, config.d_model), ("cond", None, "embed"), rngs=rngs, zero_init=True)
 
-    def __call__(self, tokens_BL, t_B=None, positions_BL=None):
+    def __call__(self, tokens_BL, t_B=None, positions_BL=None, causal_B=None):
+        """Logits (B, L, num_tokens); ``causal_B`` (bool, per row) switches rows to a causal mask.
+
+        ``causal_B`` lets one forward pass serve a mixed batch (AR rows beside diffusion rows,
+        ``NoiseConfig.ar_fraction``) on a non-causal backbone. For a ``shift`` model a causal
+        row's logits at i come from position i - 1, i.e. from tokens < i: the AR factorisation
+        for every position but 0.
+        """
         if tokens_BL.ndim != 2:
             raise ValueError(f"tokens must have shape (batch, length), got {tokens_BL.shape}")
-        return self.forward_hidden(self.embed(tokens_BL), t_B, positions_BL)
+        return self.forward_hidden(self.embed(tokens_BL), t_B, positions_BL, causal_B)
 
-    def forward_hidden(self, x_BLD, t_B=None, positions_BL=None):
+    def forward_hidden(self, x_BLD, t_B=None, positions_BL=None, causal_B=None):
         """Run the blocks and the head on embedded inputs (lets tests differentiate w.r.t. them)."""
         config = self.config
         B, L, _ = x_BLD.shape
@@ -119,6 +129,9 @@ class Transformer(nnx.Module):
             positions_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
         sin, cos = rotary_tables(config.max_len, config.head_dim, config.rope_theta)
         mask_LS = attention_mask(config.attention, L, L, config.block_size)
+        if causal_B is not None:
+            causal_LS = attention_mask("causal", L, L)
+            mask_LS = jnp.where(causal_B[:, None, None, None], causal_LS, mask_LS)  # (B, 1, L, S)
         cond_BC = self._condition(t_B, B)
         x_BLD = constrain(x_BLD, "batch", "length", "act_embed")
 
@@ -133,7 +146,7 @@ class Transformer(nnx.Module):
             return body(block, x, mask, pos, s, c, cond)
 
         x_BLD = run(self.blocks, x_BLD, mask_LS, positions_BL, sin, cos, cond_BC)
-        return self._logits(x_BLD, cond_BC)
+        return self._aligned(self._logits(x_BLD, cond_BC))
 
     def init_cache(self, batch: int, length: int | None = None) -> KVCache:
         """An empty KV cache: k and v of shape (N, B, length, H, K), length max_len by default."""
@@ -203,6 +216,19 @@ class Transformer(nnx.Module):
         Returns:
           (logits_BCV float32, the cache with the chunk written).
         """
+        B, C = tokens_BC.shape
+        S = cache.k.shape[2]
+        if self.config.shift and C != S:
+            raise ValueError(
+                "a shift model predicts token i at position i - 1, so a chunk of the canvas needs "
+                f"the position before it: use canvas_chunk (forward_chunk takes whole canvases, "
+                f"C = S = {S}, for shift models), got a chunk of {C}"
+            )
+        logits_BCV, cache = self._raw_chunk(tokens_BC, start, cache, kv_valid_BS, t_B, with_cache=True)
+        return self._aligned(logits_BCV), cache
+
+    def _raw_chunk(self, tokens_BC, start, cache: KVCache, kv_valid_BS=None, t_B=None, with_cache=False):
+        """The network's outputs at [start, start + C) (not re-aligned for ``shift``)."""
         config = self.config
         B, C = tokens_BC.shape
         S = cache.k.shape[2]
@@ -223,7 +249,43 @@ class Transformer(nnx.Module):
             return block.chunk(x, st, layer_cache, mask, s, c, cond)
 
         x_BCD, cache = run(self.blocks, x_BCD, cache, start, mask_BCS, sin, cos, cond_BC)
-        return self._logits(x_BCD, cond_BC), cache
+        logits = self._logits(x_BCD, cond_BC)
+        return (logits, cache) if with_cache else logits
+
+    def canvas_chunk(self, canvas_BS, start, size: int, cache: KVCache, kv_valid_BS=None, t_B=None):
+        """Logits of positions [start, start + size) of ``canvas_BS``, against ``cache``.
+
+        ``forward_chunk`` of that slice for an ordinary model. A ``shift`` model predicts
+        token i at position i - 1, so the chunk is widened by one position: [start - 1,
+        start + size) when start > 0, [0, size + 1) for the first chunk (whose token 0 is
+        predicted at position 0 itself), and the outputs re-aligned. The extra position's
+        keys and values are recomputed like the chunk's (the cache returned by
+        ``forward_chunk`` is not returned here: this is for reading logits).
+
+        Args:
+          canvas_BS: the whole canvas (B, S) with the chunk's current tokens in place.
+          start: int32 scalar, may be traced.
+          size: the chunk length C (static); a shift model needs C < S.
+          cache, kv_valid_BS, t_B: as for ``forward_chunk``.
+
+        Returns:
+          logits (B, C, V) float32.
+        """
+        S = canvas_BS.shape[1]
+        if not self.config.shift or size == S:
+            chunk_BC = jax.lax.dynamic_slice_in_dim(canvas_BS, start, size, axis=1)
+            return self.forward_chunk(chunk_BC, start, cache, kv_valid_BS, t_B)[0]
+        wide = jnp.maximum(start - 1, 0)
+        ext_BE = jax.lax.dynamic_slice_in_dim(canvas_BS, wide, size + 1, axis=1)
+        raw_BEV = self._raw_chunk(ext_BE, wide, cache, kv_valid_BS, t_B)
+        first_BCV = jnp.concatenate([raw_BEV[:, :1], raw_BEV[:, : size - 1]], axis=1)
+        return jnp.where(start == 0, first_BCV, raw_BEV[:, :size])
+
+    def _aligned(self, logits_BLV):
+        """Re-align a shift model's outputs: position i's logits predict token i + 1."""
+        if not self.config.shift:
+            return logits_BLV
+        return jnp.concatenate([logits_BLV[:, :1], logits_BLV[:, :-1]], axis=1)
 
     def _logits(self, x_BLD, cond_BC):
         h_BLD = self.final_norm(x_BLD)

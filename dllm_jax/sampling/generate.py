@@ -433,7 +433,8 @@ def _generate_jit(graphdef, plan: _Plan, time_conditioned, params, keys_B, token
                 if plan.cache == "none":
                     canvas = jax.lax.dynamic_update_slice_in_dim(tokens_BS, x_BC, start, axis=1)
                     return jax.lax.dynamic_slice_in_dim(full_logits(canvas, t_B), start, C, axis=1)
-                return model().forward_chunk(x_BC, start, cache, valid_BS, t_B)[0]
+                canvas = jax.lax.dynamic_update_slice_in_dim(tokens_BS, x_BC, start, axis=1)
+                return model().canvas_chunk(canvas, start, C, cache, valid_BS, t_B)
 
             denoise = _Denoiser(chunk_logits, time_conditioned, passes=2 if plan.guidance > 0 else 1)
             new_BC, used_B = run_sampler(denoise, plan.rule, chunk_BC, block_keys_B, plan.num_steps, fixed_BC, cols_C)

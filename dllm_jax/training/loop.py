@@ -23,7 +23,8 @@ from dllm_jax.config import ExperimentConfig
 from dllm_jax.data.corpus import make_source
 from dllm_jax.data.pipeline import GlobalBatches, PackedSequences
 from dllm_jax.data.tokenizer import Tokenizer
-from dllm_jax.diffusion import ARObjective, make_objective
+from dllm_jax.diffusion import ARObjective, make_objective, training_objective
+from dllm_jax.evaluation.context_use import context_use, make_context_fn, model_apply
 from dllm_jax.evaluation.likelihood import stratified_likelihood
 from dllm_jax.nn.model import apply_model
 from dllm_jax.sampling import ancestral, example_keys, sample
@@ -157,7 +158,8 @@ def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = N
         batches.set_state(meta["data_state"])
         _say(f"resumed from step {start} in {run_dir}")
 
-    step_fn = jit_train_step(make_train_step(objective, graphdef, tx, exp.train), state, mesh)
+    trained = training_objective(exp.noise, exp.model, objective)  # eval keeps the true bound
+    step_fn = jit_train_step(make_train_step(trained, graphdef, tx, exp.train), state, mesh)
     eval_fn = make_eval_step(objective, graphdef, mesh, seed=exp.train.seed)
     eval_data = _eval_batches(exp, tok, mesh)
     sampler = Sampler(exp, objective, graphdef)
@@ -177,10 +179,17 @@ def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = N
     logger.log(start, {"compile_seconds": compile_s})
 
     time_points = 1 if isinstance(objective, ARObjective) else exp.loop.eval_time_points
+    context_fn = make_context_fn(objective, model_apply(graphdef), mesh, seed=exp.train.seed)
 
     def eval_and_sample(state):
         params = state.ema if state.ema is not None else state.params
-        return {**evaluate(eval_fn, params, eval_data, time_points), "samples": sampler.texts(params, tok)}
+        out = evaluate(eval_fn, params, eval_data, time_points)
+        if exp.loop.context_times:
+            use = context_use(objective, graphdef, params, eval_data, mesh, times=exp.loop.context_times,
+                              context_fn=context_fn)
+            out.update(use.metrics())
+            out["context_use"] = use
+        return {**out, "samples": sampler.texts(params, tok)}
 
     def run_step(state, batch):
         with jax.set_mesh(mesh):
@@ -206,10 +215,12 @@ def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = N
             pending, t_log = [], now
         if done % exp.loop.eval_every == 0 or done == exp.train.steps:
             summary = eval_and_sample(state)
-            logger.log(done, {k: v for k, v in summary.items() if k != "samples"},
+            logger.log(done, {k: v for k, v in summary.items() if k not in ("samples", "context_use")},
                        samples={str(k): v for k, v in summary["samples"].items()})
             _say(f"  eval @ {done}: {summary['val_loss']:.4f} nats/token, {summary['val_bits_per_token']:.4f} "
-                 f"bits/token, ppl {'=' if exp.noise.process == 'ar' else '<='} {summary['val_ppl']:.2f}")
+                 f"bits/token, ppl {'=' if exp.noise.process == 'ar' else '<='} {summary['val_ppl']:.2f}"
+                 + (f" | NLL per corrupted token at t=0.1: {summary['nll_t0.10']:.3f} "
+                    f"(unigram {summary['unigram_entropy']:.3f})" if "nll_t0.10" in summary else ""))
         if done % exp.loop.checkpoint_every == 0 or done == last:
             meta = {"step": done, "data_state": batches.get_state(), "tokenizer_sha256": tok.sha256,
                     "config": exp.to_dict()}

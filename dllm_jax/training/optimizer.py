@@ -31,8 +31,9 @@ def weight_decay_mask(abstract_params):
 
 
 def make_optimizer(config: TrainConfig, abstract_params) -> optax.GradientTransformation:
+    clip = optax.clip_by_global_norm(config.grad_clip) if config.grad_clip > 0 else optax.identity()
     return optax.chain(
-        optax.clip_by_global_norm(config.grad_clip),
+        clip,
         optax.adamw(
             learning_rate(config),
             b1=config.b1,

@@ -26,7 +26,7 @@ LN2 = math.log(2.0)
 
 def _apply_fn(graphdef, params):
     model = nnx.merge(graphdef, params, copy=True)  # params may be closed over by a jit
-    return lambda tokens_BL, t_B: model(tokens_BL, t_B)
+    return lambda tokens_BL, t_B, causal_B=None: model(tokens_BL, t_B, causal_B=causal_B)
 
 
 def _example_keys(key, index_B):
@@ -34,16 +34,17 @@ def _example_keys(key, index_B):
 
 
 def batch_loss(objective: Objective, graphdef, params, batch, key, u_offset):
-    """(sum of per-token losses, number of loss tokens) for one batch.
+    """(sum of per-token losses, normaliser) for one batch: the loss is their ratio.
 
     ``batch``: dict with ``tokens`` (B, L) int32, ``loss_mask`` (B, L) bool and ``index``
-    (B,) global example indices. Times are u_i = (i + u_offset) / B.
+    (B,) global example indices. Times are u_i = (i + u_offset) / B. The normaliser is the
+    number of loss tokens, or for a training ``Recipe`` with flat weighting the number of
+    corrupted tokens scored (``Objective.loss_sums``).
     """
     tokens_BL, mask_BL = batch["tokens"], batch["loss_mask"]
     keys_B = _example_keys(key, batch["index"])
     u_B = (jnp.arange(tokens_BL.shape[0]) + u_offset) / tokens_BL.shape[0]
-    per_token_BL = objective.training_loss(_apply_fn(graphdef, params), keys_B, tokens_BL, mask_BL, u_B)
-    return per_token_BL.sum(), mask_BL.sum()
+    return objective.loss_sums(_apply_fn(graphdef, params), keys_B, tokens_BL, mask_BL, u_B)
 
 
 def make_train_step(objective: Objective, graphdef, tx: optax.GradientTransformation, config: TrainConfig):

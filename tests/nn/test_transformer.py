@@ -195,3 +195,50 @@ def test_token_ids_checked_against_vocab_size():
         check_tokens(np.array([[0, TINY.vocab_size]]), TINY.vocab_size)
     with pytest.raises(ValueError, match=rf"id -1 at index \(1, 0\).*\[0, {TINY.vocab_size}\)"):
         check_tokens(np.array([[0, 1], [-1, 2]]), TINY.vocab_size)
+
+
+@pytest.mark.parametrize("kind", ["bidirectional", "causal", "block_causal"])
+@pytest.mark.parametrize("bias", ["none", "alibi"])
+def test_cached_chunks_equal_the_full_pass(params, tokens_BL, kind, bias):
+    """Chunk by chunk against a KV cache (block-causal / causal: written as they go;
+    bidirectional: filled by a full pass first) gives the full pass's logits, ALiBi included."""
+    graphdef = _graphdef(attention=kind, block_size=4, attention_bias=bias)
+    full = np.asarray(_forward(graphdef, params, tokens_BL))
+
+    @jax.jit
+    def chunked(p, tokens):
+        m = nnx.merge(graphdef, p)
+        cache = m.init_cache(2, LENGTH)
+        if kind == "bidirectional":
+            cache = m.forward_chunk(tokens, 0, cache)[1]
+        outs = []
+        for start in range(0, LENGTH, 4):
+            logits, cache = m.forward_chunk(tokens[:, start:start + 4], start, cache)
+            outs.append(logits)
+        return jnp.concatenate(outs, axis=1)
+
+    np.testing.assert_allclose(np.asarray(chunked(params, tokens_BL)), full, rtol=2e-5, atol=2e-5)
+    if kind == "causal":  # and one position at a time
+        @jax.jit
+        def decoded(p, tokens):
+            m = nnx.merge(graphdef, p)
+            cache, outs = m.init_cache(2, LENGTH), []
+            for i in range(LENGTH):
+                logits, cache = m.decode_step(tokens[:, i], i, cache)
+                outs.append(logits)
+            return jnp.stack(outs, axis=1)
+
+        np.testing.assert_allclose(np.asarray(decoded(params, tokens_BL)), full, rtol=2e-5, atol=2e-5)
+
+
+def test_alibi_starts_attention_local(params):
+    """At initialisation ALiBi's heads weigh near tokens more than far ones: the input
+    gradient of a position's logits falls with distance (it is flat without ALiBi)."""
+    far = {}
+    for bias in ("none", "alibi"):
+        jac_LL = _input_jacobian_LL(_graphdef(attention_bias=bias), params)
+        i = LENGTH // 2
+        off = np.abs(np.arange(LENGTH) - i)
+        far[bias] = jac_LL[i, off >= 6].mean() / jac_LL[i, off == 1].mean()
+    print(f"\nfar (|i-j| >= 6) / near (|i-j| = 1) input sensitivity: {far}")
+    assert far["alibi"] < 0.8 * far["none"]  # measured 0.62 vs 0.89 (slopes 1/4 .. 1/256)

@@ -27,8 +27,9 @@ PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [], [3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3]]
 
 
 @functools.cache
-def model(attention: str, time_conditioning: bool = False):
-    config = ModelConfig(**BASE, attention=attention, block_size=BLOCK, time_conditioning=time_conditioning)
+def model(attention: str, time_conditioning: bool = False, shift: bool = False):
+    config = ModelConfig(**BASE, attention=attention, block_size=BLOCK, time_conditioning=time_conditioning,
+                         shift=shift)
     return create_model(config, make_mesh(MeshConfig()), seed=1)
 
 
@@ -37,9 +38,9 @@ def rule(process: str = "masked"):
     return ancestral(make_objective(NoiseConfig(process=process), V))
 
 
-def gen(attention="block_causal", prompts=PROMPTS, **kw):
+def gen(attention="block_causal", prompts=PROMPTS, shift=False, **kw):
     kw = {"length": 10, "rule": rule(), "num_steps": 4, **kw}
-    return generate(*model(attention), prompts, **kw)
+    return generate(*model(attention, shift=shift), prompts, **kw)
 
 
 def test_exact_cache_equals_recomputation():
@@ -80,15 +81,19 @@ def test_cached_rule_refuses_a_time_conditioned_model():
         generate(*model("bidirectional", time_conditioning=True), [[1]], length=4, rule=step_rule, num_steps=2)
 
 
-def test_approximate_cache_is_exact_at_one_step_per_block_and_measured_beyond():
+@pytest.mark.parametrize("shift", [False, True])
+def test_approximate_cache_is_exact_at_one_step_per_block_and_measured_beyond(shift):
     # The refresh pass at a block's start makes the cache exact for that block's first step.
-    one_c = gen("bidirectional", block_size=BLOCK, cache="approximate", num_steps=1)
-    one_n = gen("bidirectional", block_size=BLOCK, cache="none", num_steps=1)
+    # A shift model reads each block's logits one position to the left (canvas_chunk).
+    one_c = gen("bidirectional", block_size=BLOCK, cache="approximate", num_steps=1, shift=shift)
+    one_n = gen("bidirectional", block_size=BLOCK, cache="none", num_steps=1, shift=shift)
     np.testing.assert_array_equal(one_c.tokens, one_n.tokens)
+    if shift:  # and the shifted model is really another model: other tokens, same keys
+        assert (one_n.tokens != gen("bidirectional", block_size=BLOCK, cache="none", num_steps=1).tokens).any()
     rates = {}
     for k in (4,):
-        approx = gen("bidirectional", block_size=BLOCK, cache="approximate", num_steps=k)
-        exact = gen("bidirectional", block_size=BLOCK, cache="none", num_steps=k)
+        approx = gen("bidirectional", block_size=BLOCK, cache="approximate", num_steps=k, shift=shift)
+        exact = gen("bidirectional", block_size=BLOCK, cache="none", num_steps=k, shift=shift)
         gen_pos = (np.arange(approx.tokens.shape[1])[None] >= approx.prompt_lengths[:, None]) & (
             approx.tokens != PAD
         )

@@ -1,0 +1,165 @@
+"""How a diffusion model is *trained*, kept apart from what is *evaluated*.
+
+A ``Recipe`` wraps a noise process with three training choices (``NoiseConfig``):
+
+* the distribution of training times (uniform, clipped to [t_low, t_high] as in BD3-LM's
+  clipped schedules, or a bell-shaped logit-normal), always an inverse-CDF map of the
+  stratified uniforms, so the batch stays stratified;
+* the loss weighting: the ELBO's own (-alpha'/(1 - alpha) per masked token) or flat
+  cross-entropy on the corrupted tokens (MaskGIT / LLaDA-style training);
+* a share of rows trained with the AR loss on the same backbone under a causal mask.
+
+Only the train step sees a recipe. Evaluation uses the bare process, whose ``loss_sums``
+is the ELBO on uniform times, so the reported bound cannot depend on how the model was
+trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import ndtri
+
+from dllm_jax.config import ModelConfig, NoiseConfig
+from dllm_jax.diffusion.autoregressive import shift_right
+from dllm_jax.diffusion.base import NoiseProcess, Objective, token_nll
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeSampler:
+    """Maps stratified uniforms u in [0, 1) to training times in [low, high].
+
+    ``uniform``: t = low + (high - low) u. ``logit_normal``: the logit-normal(mean, std)
+    truncated to [low, high], t = F^-1(F(low) + u (F(high) - F(low))). Monotone in u, so
+    stratified uniforms give stratified times.
+    """
+
+    distribution: str = "uniform"
+    low: float = 0.0
+    high: float = 1.0
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+
+    def __post_init__(self):
+        if self.distribution not in ("uniform", "logit_normal"):
+            raise ValueError(
+                f"TimeSampler.distribution must be 'uniform' or 'logit_normal', got {self.distribution!r}"
+            )
+        if not 0 <= self.low < self.high <= 1:
+            raise ValueError(f"TimeSampler needs 0 <= low < high <= 1, got low={self.low}, high={self.high}")
+
+    def _cdf(self, t: float) -> float:
+        if t <= 0:
+            return 0.0
+        if t >= 1:
+            return 1.0
+        z = (math.log(t) - math.log1p(-t) - self.logit_mean) / self.logit_std
+        return 0.5 * math.erfc(-z / math.sqrt(2.0))
+
+    def __call__(self, u_B):
+        if self.distribution == "uniform":
+            return self.low + (self.high - self.low) * u_B
+        lo, hi = self._cdf(self.low), self._cdf(self.high)
+        p_B = jnp.clip(lo + (hi - lo) * u_B, 1e-12, 1.0 - 1e-7)
+        t_B = jax.nn.sigmoid(self.logit_mean + self.logit_std * ndtri(p_B))
+        return jnp.clip(t_B, self.low, self.high)
+
+    def density(self, t_B):
+        """The sampler's probability density at t (for tests and importance weights)."""
+        inside = (t_B >= self.low) & (t_B <= self.high)
+        if self.distribution == "uniform":
+            return jnp.where(inside, 1.0 / (self.high - self.low), 0.0)
+        z = (jnp.log(t_B) - jnp.log1p(-t_B) - self.logit_mean) / self.logit_std
+        pdf = jnp.exp(-0.5 * z * z) / (math.sqrt(2 * math.pi) * self.logit_std * t_B * (1 - t_B))
+        mass = self._cdf(self.high) - self._cdf(self.low)
+        return jnp.where(inside, pdf / mass, 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe(Objective):
+    """A diffusion training objective: ``process`` trained with times, weighting and AR mix.
+
+    Attributes:
+      process: the noise process (its ELBO terms and corruption).
+      times: the training-time sampler, already intersected with the process's range.
+      weighting: ``elbo`` or ``flat`` (see ``NoiseConfig.weighting``).
+      ar_fraction: share of rows trained with the AR loss under a causal mask.
+      bos_id: the AR rows' start token (non-shift models read [bos, x_1 .. x_{L-1}]).
+      shift: the model predicts token i at position i - 1 (``ModelConfig.shift``): AR rows
+        then read the clean sequence itself and position 0 carries no AR loss.
+    """
+
+    process: NoiseProcess
+    times: TimeSampler
+    weighting: str = "elbo"
+    ar_fraction: float = 0.0
+    bos_id: int = -1
+    shift: bool = False
+
+    @property
+    def num_tokens(self) -> int:
+        return self.process.num_tokens
+
+    def training_loss(self, apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B):
+        raise NotImplementedError("a Recipe is normalised per batch: use loss_sums")
+
+    def loss_sums(self, apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B):
+        """(sum of weighted per-token losses, normaliser) of one batch; loss = sum / normaliser.
+
+        ``elbo``: the normaliser is the number of loss tokens (the per-token bound);
+        ``flat``: the number of corrupted tokens scored (the mean cross-entropy over them).
+        AR rows add their token NLLs and their token count.
+        """
+        process = self.process
+        t_B = self.times(u_B)
+        noisy_BL = jnp.where(loss_mask_BL, process.corrupt(keys_B, tokens_BL, t_B), tokens_BL)
+        causal_B = None
+        if self.ar_fraction > 0:
+            pick_B = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 0x41520)))(keys_B)
+            causal_B = pick_B < self.ar_fraction
+            ar_in_BL = tokens_BL if self.shift else shift_right(tokens_BL, self.bos_id)
+            noisy_BL = jnp.where(causal_B[:, None], ar_in_BL, noisy_BL)
+            logits_BLV = apply_fn(noisy_BL, t_B, causal_B)
+        else:
+            logits_BLV = apply_fn(noisy_BL, t_B)
+        if self.weighting == "elbo":
+            width = self.times.high - self.times.low if self.times.distribution == "uniform" else 1.0
+            terms_BL = width * process.elbo_terms(logits_BLV, tokens_BL, noisy_BL, t_B)
+            scored_BL = loss_mask_BL
+        else:
+            scored_BL = loss_mask_BL & process.denoising_positions(noisy_BL)
+            terms_BL = token_nll(logits_BLV, tokens_BL, self.num_tokens)
+        if causal_B is not None:
+            ar_scored_BL = loss_mask_BL
+            if self.shift:
+                ar_scored_BL = ar_scored_BL & (jnp.arange(tokens_BL.shape[1]) > 0)[None, :]
+            ar_BL = token_nll(logits_BLV, tokens_BL, self.num_tokens)
+            rows_B1 = causal_B[:, None]
+            terms_BL = jnp.where(rows_B1, ar_BL, terms_BL)
+            scored_BL = jnp.where(rows_B1, ar_scored_BL, scored_BL)
+        total = jnp.sum(jnp.where(scored_BL, terms_BL, 0.0))
+        return total, jnp.sum(scored_BL)
+
+
+def training_objective(noise: NoiseConfig, model: ModelConfig, objective: Objective) -> Objective:
+    """The objective the train step optimises: ``objective`` itself when the recipe is the
+    plain ELBO on uniform times with no AR rows (bitwise the old training path), else a
+    ``Recipe`` around it."""
+    if not isinstance(objective, NoiseProcess):
+        return objective
+    plain = (noise.time_distribution == "uniform" and noise.t_low == 0.0 and noise.t_high == 1.0
+             and noise.weighting == "elbo" and noise.ar_fraction == 0.0)
+    if plain:
+        return objective
+    times = TimeSampler(
+        noise.time_distribution,
+        max(noise.t_low, objective.t_min),
+        min(noise.t_high, objective.t_max),
+        noise.logit_mean,
+        noise.logit_std,
+    )
+    return Recipe(objective, times, noise.weighting, noise.ar_fraction,
+                  bos_id=model.special.bos, shift=model.shift)

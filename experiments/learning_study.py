@@ -1,0 +1,188 @@
+"""The training-recipe study: which choices let masked (and uniform) diffusion learn real text.
+
+One factor at a time against the quickstart config, at its token budget (1x: 300 steps x
+32 x 128 tokens) and at 4x, beside the AR model of the same backbone on the same tokens.
+Every variant is a list of ``--set`` overrides of validated config fields, so anyone can
+rerun one with ``python -m experiments.train --config quickstart --set ...``.
+
+    python -m experiments.learning_study                      # everything (see README.md)
+    python -m experiments.learning_study --only ar base shift --budgets 1
+    python -m experiments.learning_study --report             # table + plots from saved runs
+
+Each run directory under ``--runs`` is kept; a finished run is not trained again (its
+record is read back), so an interrupted study resumes where it stopped. Results go to
+``--out`` (default ``benchmarks/learning``): ``results.json``, ``results.md`` and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from dllm_jax.config import ExperimentConfig
+from dllm_jax.training.loop import train
+from experiments import configs
+from experiments.cli import apply_overrides
+from experiments.learning_report import write_report
+
+BASE_STEPS = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    factor: str
+    overrides: tuple[str, ...] = ()
+    process: str = "masked"
+    batch_size: int = 32  # steps scale so that tokens stay equal
+    note: str = ""
+
+
+def _v(name, factor, *overrides, process="masked", batch_size=32, note=""):
+    return Variant(name, factor, tuple(overrides), process, batch_size, note)
+
+
+# The quickstart's original recipe, which every masked variant changes one thing of.
+ORIGINAL = (
+    "noise.weighting='elbo'", "noise.t_low=0.0", "noise.t_high=1.0",
+    "noise.time_distribution='uniform'", "noise.ar_fraction=0.0", "model.shift=False",
+    "train.lr=0.002", "train.warmup_steps=30",
+)
+
+VARIANTS = [
+    _v("ar", "reference", process="ar"),
+    _v("base", "reference", note="the original quickstart recipe"),
+    # optimisation
+    _v("lr_1e-3", "learning rate", "train.lr=0.001"),
+    _v("lr_4e-3", "learning rate", "train.lr=0.004"),
+    _v("lr_8e-3", "learning rate", "train.lr=0.008"),
+    _v("warmup_0", "warmup", "train.warmup_steps=0"),
+    _v("warmup_100", "warmup", "train.warmup_steps=100"),
+    _v("batch_8", "batch size (equal tokens)", batch_size=8),
+    _v("batch_16", "batch size (equal tokens)", batch_size=16),
+    _v("batch_64", "batch size (equal tokens)", batch_size=64),
+    _v("no_clip", "gradient clipping", "train.grad_clip=0.0"),
+    _v("b2_0.95", "Adam beta2", "train.b2=0.95"),
+    _v("b2_0.999", "Adam beta2", "train.b2=0.999"),
+    # training times
+    _v("clip_0.1_1", "time distribution", "noise.t_low=0.1"),
+    _v("clip_0.3_0.8", "time distribution", "noise.t_low=0.3", "noise.t_high=0.8"),
+    _v("logitnormal", "time distribution", "noise.time_distribution='logit_normal'"),
+    # weighting
+    _v("flat", "loss weighting", "noise.weighting='flat'"),
+    # model
+    _v("time_cond", "time conditioning", "model.time_conditioning=True"),
+    _v("embed_0.02", "init scales", "model.embed_init_std=0.02"),
+    _v("head_zero", "init scales", "model.head_init_scale=0.0"),
+    _v("deep_8x96", "depth vs width", "model.d_model=96", "model.num_layers=8", "model.num_heads=4",
+       "model.mlp_dim=256"),
+    _v("wide_2x192", "depth vs width", "model.d_model=192", "model.num_layers=2", "model.num_heads=4",
+       "model.mlp_dim=512"),
+    # structure
+    _v("shift", "shifted prediction (Dream)", "model.shift=True"),
+    _v("ar_mix_0.25", "AR + diffusion mix", "noise.ar_fraction=0.25"),
+    _v("ar_mix_0.5", "AR + diffusion mix", "noise.ar_fraction=0.5"),
+    _v("shift_ar_mix_0.25", "AR + diffusion mix", "model.shift=True", "noise.ar_fraction=0.25"),
+    _v("alibi", "attention locality (ALiBi)", "model.attention_bias='alibi'"),
+    _v("shift_alibi", "attention locality (ALiBi)", "model.shift=True", "model.attention_bias='alibi'"),
+]
+BY_NAME = {v.name: v for v in VARIANTS}
+
+
+def experiment(variant: Variant, budget: int) -> ExperimentConfig:
+    """The variant's config at ``budget`` times the quickstart's tokens."""
+    process = variant.process
+    exp = configs.quickstart(process)
+    if process == "masked":
+        exp = apply_overrides(exp, list(ORIGINAL))
+    exp = apply_overrides(exp, list(variant.overrides))
+    steps = BASE_STEPS * budget * 32 // variant.batch_size
+    warmup = exp.train.warmup_steps * 32 // variant.batch_size
+    evals = 6 * budget
+    return dataclasses.replace(
+        exp,
+        name=f"{variant.name}-x{budget}",
+        train=dataclasses.replace(exp.train, steps=steps, batch_size=variant.batch_size,
+                                  warmup_steps=warmup),
+        loop=dataclasses.replace(exp.loop, eval_every=steps // evals, checkpoint_every=steps,
+                                 log_every=max(steps // 12, 1), sample_steps=(), num_samples=1,
+                                 eval_batches=4 * 32 // variant.batch_size),
+    )
+
+
+def read_curves(run_dir: Path) -> dict:
+    """Bound and NLL-at-t curves (per eval step) from a run's metrics.jsonl."""
+    curves: dict[str, list] = {"step": [], "val_loss": [], "nll_t0.10": [], "context": []}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "val_loss" not in rec:
+            continue
+        if curves["step"] and rec["step"] <= curves["step"][-1]:
+            continue  # a re-evaluation of a finished run
+        curves["step"].append(rec["step"])
+        curves["val_loss"].append(rec["val_loss"])
+        curves["nll_t0.10"].append(rec.get("nll_t0.10"))
+        curves["context"].append({k[5:]: v for k, v in rec.items() if k.startswith("nll_t")})
+    return curves
+
+
+def run_one(variant: Variant, budget: int, runs: Path) -> dict:
+    exp = experiment(variant, budget)
+    run_dir = runs / exp.name
+    record_file = run_dir / "record.json"
+    if record_file.exists():
+        return json.loads(record_file.read_text())
+    t0 = time.perf_counter()
+    result = train(exp, run_dir, verbose=False)
+    wall = time.perf_counter() - t0
+    use = result["context_use"]
+    record = {
+        "variant": variant.name, "factor": variant.factor, "process": variant.process,
+        "overrides": list(variant.overrides), "batch_size": variant.batch_size, "budget": budget,
+        "steps": exp.train.steps, "tokens": exp.train.steps * exp.train.batch_size * exp.train.seq_len,
+        "val_loss": result["val_loss"], "val_ppl": result["val_ppl"],
+        "nll_t0.10": use.at(0.1), "unigram_entropy": use.unigram_entropy,
+        "context": dict(zip((f"{t:.2f}" for t in use.times), use.nll, strict=True)),
+        "context_ci95": dict(zip((f"{t:.2f}" for t in use.times), use.ci95, strict=True)),
+        "wall_seconds": wall, "train_tokens_per_second": result["tokens_per_second"],
+        "curves": read_curves(run_dir), "note": variant.note,
+    }
+    record_file.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=None, help=f"variants (default all): {sorted(BY_NAME)}")
+    parser.add_argument("--budgets", nargs="*", type=int, default=[1])
+    parser.add_argument("--runs", default="runs/learning")
+    parser.add_argument("--out", default="benchmarks/learning")
+    parser.add_argument("--report", action="store_true", help="only rebuild the report from saved runs")
+    args = parser.parse_args(argv)
+    names = args.only or [v.name for v in VARIANTS]
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; expected some of {sorted(BY_NAME)}")
+    runs = Path(args.runs)
+    records = []
+    t0 = time.perf_counter()
+    for budget in args.budgets:
+        for i, name in enumerate(names):
+            exp_dir = runs / experiment(BY_NAME[name], budget).name
+            if args.report:
+                if (exp_dir / "record.json").exists():
+                    records.append(json.loads((exp_dir / "record.json").read_text()))
+                continue
+            rec = run_one(BY_NAME[name], budget, runs)
+            records.append(rec)
+            print(f"[{i + 1}/{len(names)} x{budget}] {name:22s} bound {rec['val_loss']:.3f} "
+                  f"(ppl {rec['val_ppl']:.1f}) | NLL@0.1 {rec['nll_t0.10']:.3f} | "
+                  f"{rec['wall_seconds']:.0f}s | elapsed {time.perf_counter() - t0:.0f}s", flush=True)
+    write_report(records, Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
