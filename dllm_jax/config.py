@@ -84,6 +84,9 @@ class ModelConfig:
         and samplers see no difference.
       attention_bias: ``none``, or ``alibi``: ALiBi's distance penalty -m_h |i - j| added to
         the attention logits (on top of rotary positions), so attention starts local.
+      neighbor_input: add each position's left and right neighbours' embeddings (learned
+        per-feature scales) to its input, so a masked position sees the tokens beside it
+        from the first layer (bidirectional models only).
       embed_init_std: standard deviation of the input embedding at initialisation.
       head_init_scale: the output projection's initial weights are LeCun-normal times this
         factor (0 = zero init: uniform logits at step 0).
@@ -105,6 +108,7 @@ class ModelConfig:
     remat: bool = False
     shift: bool = False
     attention_bias: Literal["none", "alibi"] = "none"
+    neighbor_input: bool = False
     embed_init_std: float = 1.0
     head_init_scale: float = 1.0
 
@@ -137,6 +141,11 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.embed_init_std must be > 0, got {self.embed_init_std}")
         if not _number(self, "head_init_scale") >= 0:
             raise ValueError(f"ModelConfig.head_init_scale must be >= 0, got {self.head_init_scale}")
+        if self.neighbor_input and self.attention != "bidirectional":
+            raise ValueError(
+                "ModelConfig.neighbor_input reads the right neighbour, so it is for bidirectional "
+                f"models only, got attention={self.attention!r}"
+            )
         if self.shift and self.attention != "bidirectional":
             raise ValueError(
                 "ModelConfig.shift (Dream's shifted prediction) is for bidirectional diffusion "
@@ -189,6 +198,10 @@ class NoiseConfig:
       ar_fraction: this share of the training rows (chosen per example, from its key) is
         trained with the AR loss on the same backbone under a causal mask (Eso-LM-style
         mixing); the rest with the diffusion loss. 0 = pure diffusion.
+      ar_fraction_end: the share at the last step, reached linearly from ``ar_fraction``
+        at step 0 (a curriculum from AR to diffusion in one run); None = constant.
+      ar_anneal_end: the share of training, in (0, 1], by which ``ar_fraction_end`` is
+        reached (then held): 0.5 = anneal over the first half, pure end share after.
     """
 
     process: Literal["masked", "uniform", "ar"] = "masked"
@@ -202,6 +215,8 @@ class NoiseConfig:
     logit_std: float = 1.0
     weighting: Literal["elbo", "flat"] = "elbo"
     ar_fraction: float = 0.0
+    ar_fraction_end: float | None = None
+    ar_anneal_end: float = 1.0
 
     def __post_init__(self):
         _one_of(self, "process", PROCESS_KINDS)
@@ -227,11 +242,24 @@ class NoiseConfig:
             )
         if not self.logit_std > 0:
             raise ValueError(f"NoiseConfig.logit_std must be > 0, got {self.logit_std}")
-        if not 0 <= self.ar_fraction < 1:
-            raise ValueError(f"NoiseConfig.ar_fraction must be in [0, 1), got {self.ar_fraction}")
+        if self.ar_fraction_end is None:
+            if not 0 <= self.ar_fraction < 1:
+                raise ValueError(f"NoiseConfig.ar_fraction must be in [0, 1), got {self.ar_fraction}")
+        else:
+            _number(self, "ar_fraction_end")
+            if not 0 <= self.ar_fraction <= 1:
+                raise ValueError(f"NoiseConfig.ar_fraction must be in [0, 1], got {self.ar_fraction}")
+            if not 0 <= self.ar_fraction_end < 1:
+                raise ValueError(
+                    f"NoiseConfig.ar_fraction_end must be in [0, 1) (the run must end training "
+                    f"diffusion), got {self.ar_fraction_end}"
+                )
+        if not 0 < _number(self, "ar_anneal_end") <= 1:
+            raise ValueError(f"NoiseConfig.ar_anneal_end must be in (0, 1], got {self.ar_anneal_end}")
         if self.process == "ar":
             recipe = {"time_distribution": "uniform", "t_low": 0.0, "t_high": 1.0,
-                      "weighting": "elbo", "ar_fraction": 0.0}
+                      "weighting": "elbo", "ar_fraction": 0.0, "ar_fraction_end": None,
+                      "ar_anneal_end": 1.0}
             changed = [f"{k}={getattr(self, k)!r}" for k, v in recipe.items() if getattr(self, k) != v]
             if changed:
                 raise ValueError(

@@ -55,6 +55,12 @@ ORIGINAL = (
 VARIANTS = [
     _v("ar", "reference", process="ar"),
     _v("base", "reference", note="the original quickstart recipe"),
+    _v("ar_batch16", "reference", process="ar", batch_size=16, note="AR at the diffusion winner's batch size"),
+    _v("ar_batch8", "reference", process="ar", batch_size=8),
+    _v("ar_batch4", "reference", process="ar", batch_size=4),
+    _v("ar_batch8_lr_3e-3", "reference", "train.lr=0.003", process="ar", batch_size=8),
+    _v("ar_batch4_lr_3e-3", "reference", "train.lr=0.003", process="ar", batch_size=4),
+    _v("ar_batch4_lr_5e-3", "reference", "train.lr=0.005", process="ar", batch_size=4),
     # optimisation
     _v("lr_1e-3", "learning rate", "train.lr=0.001"),
     _v("lr_4e-3", "learning rate", "train.lr=0.004"),
@@ -88,6 +94,61 @@ VARIANTS = [
     _v("shift_ar_mix_0.25", "AR + diffusion mix", "model.shift=True", "noise.ar_fraction=0.25"),
     _v("alibi", "attention locality (ALiBi)", "model.attention_bias='alibi'"),
     _v("shift_alibi", "attention locality (ALiBi)", "model.shift=True", "model.attention_bias='alibi'"),
+    # combinations (second round: the single factors that helped, on top of shift)
+    _v("shift_ar_mix_0.5", "AR + diffusion mix", "model.shift=True", "noise.ar_fraction=0.5"),
+    _v("shift_ar_anneal_1_0", "AR -> diffusion curriculum", "model.shift=True", "noise.ar_fraction=1.0",
+       "noise.ar_fraction_end=0.0"),
+    _v("shift_ar_anneal_0.5_0", "AR -> diffusion curriculum", "model.shift=True", "noise.ar_fraction=0.5",
+       "noise.ar_fraction_end=0.0"),
+    _v("shift_mix_logitnormal", "combination", "model.shift=True", "noise.ar_fraction=0.25",
+       "noise.time_distribution='logit_normal'"),
+    _v("shift_mix_timecond", "combination", "model.shift=True", "noise.ar_fraction=0.25",
+       "model.time_conditioning=True"),
+    _v("shift_mix_batch16", "combination", "model.shift=True", "noise.ar_fraction=0.25", batch_size=16),
+    # third round: the winners together
+    _v("best3", "combination", "model.shift=True", "noise.ar_fraction=1.0", "noise.ar_fraction_end=0.0",
+       "noise.time_distribution='logit_normal'", batch_size=16),
+    _v("best3_alibi", "combination", "model.shift=True", "noise.ar_fraction=1.0", "noise.ar_fraction_end=0.0",
+       "noise.time_distribution='logit_normal'", "model.attention_bias='alibi'", batch_size=16),
+    _v("best3_batch8", "combination", "model.shift=True", "noise.ar_fraction=1.0", "noise.ar_fraction_end=0.0",
+       "noise.time_distribution='logit_normal'", batch_size=8),
+    _v("best3_anneal_half", "combination", "model.shift=True", "noise.ar_fraction=1.0",
+       "noise.ar_fraction_end=0.0", "noise.ar_anneal_end=0.5", "noise.time_distribution='logit_normal'",
+       batch_size=16),
+    _v("best3_lr_1e-3", "combination", "model.shift=True", "noise.ar_fraction=1.0", "noise.ar_fraction_end=0.0",
+       "noise.time_distribution='logit_normal'", "train.lr=0.001", batch_size=16),
+    _v("best4", "combination", "model.shift=True", "noise.ar_fraction=1.0", "noise.ar_fraction_end=0.0",
+       "noise.time_distribution='logit_normal'", "model.attention_bias='alibi'", batch_size=8),
+    _v("best4_lr_3e-3", "combination", "model.shift=True", "noise.ar_fraction=1.0", "noise.ar_fraction_end=0.0",
+       "noise.time_distribution='logit_normal'", "model.attention_bias='alibi'", "train.lr=0.003", batch_size=8),
+    _v("best4_batch4", "combination", "model.shift=True", "noise.ar_fraction=1.0", "noise.ar_fraction_end=0.0",
+       "noise.time_distribution='logit_normal'", "model.attention_bias='alibi'", batch_size=4),
+    _v("best5", "combination", "model.shift=True", "noise.ar_fraction=1.0", "noise.ar_fraction_end=0.0",
+       "noise.time_distribution='logit_normal'", "model.attention_bias='alibi'", "train.lr=0.003", batch_size=4),
+    _v("best5_lr_5e-3", "combination", "model.shift=True", "noise.ar_fraction=1.0", "noise.ar_fraction_end=0.0",
+       "noise.time_distribution='logit_normal'", "model.attention_bias='alibi'", "train.lr=0.005", batch_size=4),
+    _v("best5_batch2", "combination", "model.shift=True", "noise.ar_fraction=1.0", "noise.ar_fraction_end=0.0",
+       "noise.time_distribution='logit_normal'", "model.attention_bias='alibi'", "train.lr=0.003", batch_size=2),
+    _v("best5_neighbors", "neighbour inputs", "model.shift=True", "noise.ar_fraction=1.0", "noise.ar_fraction_end=0.0",
+       "noise.time_distribution='logit_normal'", "model.attention_bias='alibi'", "train.lr=0.003", "model.neighbor_input=True",
+       batch_size=4),
+    _v("best5_flat", "loss weighting", "model.shift=True", "noise.ar_fraction=1.0", "noise.ar_fraction_end=0.0",
+       "noise.time_distribution='logit_normal'", "model.attention_bias='alibi'", "train.lr=0.003", "noise.weighting='flat'", batch_size=4),
+    _v("best5_ema", "weight averaging", "model.shift=True", "noise.ar_fraction=1.0", "noise.ar_fraction_end=0.0",
+       "noise.time_distribution='logit_normal'", "model.attention_bias='alibi'", "train.lr=0.003", "train.ema_decay=0.995", batch_size=4),
+    _v("best5_logit_mean_-0.5", "time distribution", "model.shift=True", "noise.ar_fraction=1.0", "noise.ar_fraction_end=0.0",
+       "noise.time_distribution='logit_normal'", "model.attention_bias='alibi'", "train.lr=0.003", "noise.logit_mean=-0.5", batch_size=4),
+    _v("best5_logit_mean_0.5", "time distribution", "model.shift=True", "noise.ar_fraction=1.0", "noise.ar_fraction_end=0.0",
+       "noise.time_distribution='logit_normal'", "model.attention_bias='alibi'", "train.lr=0.003", "noise.logit_mean=0.5", batch_size=4),
+    _v("best5_wd_0.1", "weight decay", "model.shift=True", "noise.ar_fraction=1.0", "noise.ar_fraction_end=0.0",
+       "noise.time_distribution='logit_normal'", "model.attention_bias='alibi'", "train.lr=0.003", "train.weight_decay=0.1", batch_size=4),
+    # the uniform process (shorter: the original recipe and the factors that helped masked)
+    _v("uniform_base", "uniform process", process="uniform", note="the original recipe"),
+    _v("uniform_shift", "uniform process", "model.shift=True", process="uniform"),
+    _v("uniform_logitnormal", "uniform process", "noise.time_distribution='logit_normal'", process="uniform"),
+    _v("uniform_flat", "uniform process", "noise.weighting='flat'", process="uniform"),
+    _v("uniform_shift_ar_mix_0.25", "uniform process", "model.shift=True", "noise.ar_fraction=0.25",
+       process="uniform"),
 ]
 BY_NAME = {v.name: v for v in VARIANTS}
 
@@ -96,7 +157,7 @@ def experiment(variant: Variant, budget: int) -> ExperimentConfig:
     """The variant's config at ``budget`` times the quickstart's tokens."""
     process = variant.process
     exp = configs.quickstart(process)
-    if process == "masked":
+    if process != "ar":
         exp = apply_overrides(exp, list(ORIGINAL))
     exp = apply_overrides(exp, list(variant.overrides))
     steps = BASE_STEPS * budget * 32 // variant.batch_size

@@ -110,6 +110,8 @@ def test_noise_config_ranges(field, value):
         ({"process": "uniform", "t_min": 0.1, "t_low": 0.95}, r"does not overlap .*\[t_min=0.1, 0.9\]"),
         ({"logit_std": 0.0}, r"logit_std must be > 0, got 0.0"),
         ({"ar_fraction": 1.0}, r"ar_fraction must be in \[0, 1\), got 1.0"),
+        ({"ar_fraction": 1.5, "ar_fraction_end": 0.0}, r"ar_fraction must be in \[0, 1\], got 1.5"),
+        ({"ar_fraction": 1.0, "ar_fraction_end": 1.0}, r"ar_fraction_end must be in \[0, 1\) .*got 1.0"),
         ({"ar_fraction": -0.5}, r"ar_fraction must be in \[0, 1\), got -0.5"),
         ({"t_low": "0.1"}, r"NoiseConfig.t_low must be a number, got '0.1'"),
         ({"logit_mean": float("inf")}, r"logit_mean must be finite, got inf"),

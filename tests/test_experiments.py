@@ -87,8 +87,17 @@ def test_compare_and_sweep_end_to_end(tmp_path):
         assert abs(r["bits_per_token"] - r["nats_per_token"] / np.log(2)) < 1e-9
     from experiments import evaluate
 
-    ev = evaluate.main([str(tmp_path / "diffusion"), "--time_points", "2", "--batches", "1"])
+    # The context-use diagnostic: one curve per saved diffusion checkpoint, AR as reference.
+    ctx = report["context_use"]
+    assert len(ctx["curves"]) >= 1 and (tmp_path / "context_use.png").stat().st_size > 1000
+    curve = next(iter(ctx["curves"].values()))
+    assert len(curve["nll"]) == len(curve["times"]) and all(np.isfinite(curve["nll"]))
+    assert ctx["ar_nll"] == pytest.approx(lk["ar"]["nats_per_token"], rel=1e-4)
+    assert "## Context use" in (tmp_path / "report.md").read_text()
+    ev = evaluate.main([str(tmp_path / "diffusion"), "--time_points", "2", "--batches", "1",
+                        "--context_times", "0.1", "0.5"])
     assert ev["time_points"] == 2 and ev["ci95"] > 0 and ev["bits_per_byte"] > 0
+    assert list(ev["context_use"]["times"]) == [0.1, 0.5] and ev["context_use"]["corrupted"][0] > 0
     assert ev["perplexity"] == pytest.approx(np.exp(ev["nats_per_token"]))
     records = sweep_steps.main([
         "--run_dir", str(tmp_path / "diffusion"), "--judge", str(tmp_path / "judge"),

@@ -40,8 +40,13 @@ class Objective(abc.ABC):
           u_B: stratified uniforms in [0, 1) that set each example's time.
         """
 
-    def loss_sums(self, apply_fn: ApplyFn, keys_B, tokens_BL, loss_mask_BL, u_B):
-        """(sum of per-token losses, number of loss tokens): the batch loss is their ratio."""
+    def loss_sums(self, apply_fn: ApplyFn, keys_B, tokens_BL, loss_mask_BL, u_B, progress=0.0):
+        """(sum of per-token losses, number of loss tokens): the batch loss is their ratio.
+
+        ``progress`` (step / total steps, in [0, 1]) lets a training recipe follow a
+        curriculum; the objectives themselves ignore it.
+        """
+        del progress
         loss_BL = self.training_loss(apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B)
         return loss_BL.sum(), loss_mask_BL.sum()
 

@@ -86,7 +86,10 @@ class Recipe(Objective):
       process: the noise process (its ELBO terms and corruption).
       times: the training-time sampler, already intersected with the process's range.
       weighting: ``elbo`` or ``flat`` (see ``NoiseConfig.weighting``).
-      ar_fraction: share of rows trained with the AR loss under a causal mask.
+      ar_fraction: share of rows trained with the AR loss under a causal mask (at step 0).
+      ar_fraction_end: the share at the end of training (linear in ``progress``); None =
+        ``ar_fraction`` throughout.
+      ar_anneal_end: the progress by which ``ar_fraction_end`` is reached (then held).
       bos_id: the AR rows' start token (non-shift models read [bos, x_1 .. x_{L-1}]).
       shift: the model predicts token i at position i - 1 (``ModelConfig.shift``): AR rows
         then read the clean sequence itself and position 0 carries no AR loss.
@@ -96,6 +99,8 @@ class Recipe(Objective):
     times: TimeSampler
     weighting: str = "elbo"
     ar_fraction: float = 0.0
+    ar_fraction_end: float | None = None
+    ar_anneal_end: float = 1.0
     bos_id: int = -1
     shift: bool = False
 
@@ -106,7 +111,7 @@ class Recipe(Objective):
     def training_loss(self, apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B):
         raise NotImplementedError("a Recipe is normalised per batch: use loss_sums")
 
-    def loss_sums(self, apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B):
+    def loss_sums(self, apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B, progress=0.0):
         """(sum of weighted per-token losses, normaliser) of one batch; loss = sum / normaliser.
 
         ``elbo``: the normaliser is the number of loss tokens (the per-token bound);
@@ -117,9 +122,12 @@ class Recipe(Objective):
         t_B = self.times(u_B)
         noisy_BL = jnp.where(loss_mask_BL, process.corrupt(keys_B, tokens_BL, t_B), tokens_BL)
         causal_B = None
-        if self.ar_fraction > 0:
+        if self.ar_fraction > 0 or self.ar_fraction_end:
+            end = self.ar_fraction if self.ar_fraction_end is None else self.ar_fraction_end
+            ramp = jnp.clip(progress / self.ar_anneal_end, 0.0, 1.0)
+            share = self.ar_fraction + (end - self.ar_fraction) * ramp
             pick_B = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 0x41520)))(keys_B)
-            causal_B = pick_B < self.ar_fraction
+            causal_B = pick_B < share
             ar_in_BL = tokens_BL if self.shift else shift_right(tokens_BL, self.bos_id)
             noisy_BL = jnp.where(causal_B[:, None], ar_in_BL, noisy_BL)
             logits_BLV = apply_fn(noisy_BL, t_B, causal_B)
@@ -151,7 +159,7 @@ def training_objective(noise: NoiseConfig, model: ModelConfig, objective: Object
     if not isinstance(objective, NoiseProcess):
         return objective
     plain = (noise.time_distribution == "uniform" and noise.t_low == 0.0 and noise.t_high == 1.0
-             and noise.weighting == "elbo" and noise.ar_fraction == 0.0)
+             and noise.weighting == "elbo" and noise.ar_fraction == 0.0 and not noise.ar_fraction_end)
     if plain:
         return objective
     times = TimeSampler(
@@ -161,5 +169,5 @@ def training_objective(noise: NoiseConfig, model: ModelConfig, objective: Object
         noise.logit_mean,
         noise.logit_std,
     )
-    return Recipe(objective, times, noise.weighting, noise.ar_fraction,
-                  bos_id=model.special.bos, shift=model.shift)
+    return Recipe(objective, times, noise.weighting, noise.ar_fraction, noise.ar_fraction_end,
+                  noise.ar_anneal_end, bos_id=model.special.bos, shift=model.shift)

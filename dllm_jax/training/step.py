@@ -33,7 +33,7 @@ def _example_keys(key, index_B):
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(index_B.astype(jnp.uint32))
 
 
-def batch_loss(objective: Objective, graphdef, params, batch, key, u_offset):
+def batch_loss(objective: Objective, graphdef, params, batch, key, u_offset, progress=0.0):
     """(sum of per-token losses, normaliser) for one batch: the loss is their ratio.
 
     ``batch``: dict with ``tokens`` (B, L) int32, ``loss_mask`` (B, L) bool and ``index``
@@ -44,7 +44,7 @@ def batch_loss(objective: Objective, graphdef, params, batch, key, u_offset):
     tokens_BL, mask_BL = batch["tokens"], batch["loss_mask"]
     keys_B = _example_keys(key, batch["index"])
     u_B = (jnp.arange(tokens_BL.shape[0]) + u_offset) / tokens_BL.shape[0]
-    return objective.loss_sums(_apply_fn(graphdef, params), keys_B, tokens_BL, mask_BL, u_B)
+    return objective.loss_sums(_apply_fn(graphdef, params), keys_B, tokens_BL, mask_BL, u_B, progress)
 
 
 def make_train_step(objective: Objective, graphdef, tx: optax.GradientTransformation, config: TrainConfig):
@@ -56,7 +56,8 @@ def make_train_step(objective: Objective, graphdef, tx: optax.GradientTransforma
         u_offset = jax.random.uniform(time_key)
 
         def loss_fn(params):
-            total, count = batch_loss(objective, graphdef, params, batch, noise_key, u_offset)
+            progress = state.step / max(config.steps - 1, 1)  # 0 at the first step, 1 at the last
+            total, count = batch_loss(objective, graphdef, params, batch, noise_key, u_offset, progress)
             return total / jnp.maximum(count, 1), count
 
         (loss, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -186,3 +186,22 @@ def test_token_nll_reads_token_zero_for_special_ids():
     logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25]]]))
     np.testing.assert_allclose(np.asarray(token_nll(logits, jnp.array([[1]]), 3)), [[np.log(4)]], rtol=1e-6)
     np.testing.assert_allclose(np.asarray(token_nll(logits, jnp.array([[7]]), 3)), [[np.log(2)]], rtol=1e-6)
+
+
+def test_ar_curriculum_goes_from_all_ar_rows_to_none(model_setup):
+    model, graphdef, params, tokens, keys = model_setup
+    noise = NoiseConfig(ar_fraction=1.0, ar_fraction_end=0.0)
+    recipe = training_objective(noise, model, make_objective(noise, V))
+    u = (jnp.arange(B) + 0.5) / B
+    mask = jnp.ones((B, L), bool)
+    apply = _apply(graphdef, params)
+    causal_graphdef, _ = create_model(dataclasses.replace(model, attention="causal"), make_mesh(), seed=1)
+    ar = ARObjective(V, model.special.bos)
+    all_ar = ar.loss_sums(lambda x, t: apply_model(causal_graphdef, params, x, t), keys, tokens, mask, u)
+    start = recipe.loss_sums(apply, keys, tokens, mask, u, progress=0.0)
+    np.testing.assert_allclose(float(start[0]), float(all_ar[0]), rtol=1e-5)
+    end = recipe.loss_sums(apply, keys, tokens, mask, u, progress=1.0)
+    plain = recipe.process.loss_sums(apply, keys, tokens, mask, u)
+    np.testing.assert_allclose([float(x) for x in end], [float(x) for x in plain], rtol=1e-5)
+    middle = recipe.loss_sums(apply, keys, tokens, mask, u, progress=0.5)
+    assert float(all_ar[0]) != float(middle[0]) != float(plain[0])

@@ -8,7 +8,10 @@ import pytest
 from dllm_jax.config import ExperimentConfig, ModelConfig
 from dllm_jax.data.corpus import embedded_corpus
 from dllm_jax.data.tokenizer import Tokenizer
-from dllm_jax.training.loop import load_run, train, with_overrides
+from dllm_jax.diffusion import make_objective
+from dllm_jax.evaluation import evaluate_likelihood
+from dllm_jax.sharding import make_mesh
+from dllm_jax.training.loop import _eval_batches, load_run, train, with_overrides
 from experiments import configs
 
 
@@ -51,6 +54,33 @@ def test_metrics_jsonl_and_tensorboard_agree(runs):
     tb = [e.value for e in acc.Scalars("loss")]
     assert tb == pytest.approx(whole["losses"], rel=1e-6)  # float32 in the event proto
     assert [e.step for e in acc.Scalars("loss")] == list(range(1, 7))
+
+
+def test_context_use_is_logged_at_every_eval(runs):
+    _, root, *_ , whole = runs
+    records = [json.loads(line) for line in (root / "whole" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in evals] == [3, 6]
+    for r in evals:
+        assert {f"nll_t{t:.2f}" for t in (0.02, 0.1, 0.5, 0.99)} <= set(r)
+        assert r["unigram_entropy"] > 0
+    assert whole["nll_t0.10"] == whole["context_use"].at(0.1)
+
+
+def test_reported_bound_does_not_depend_on_the_training_recipe(tmp_path):
+    """The loop evaluates the true bound: a run trained with flat weighting on clipped,
+    logit-normal times with AR rows reports exactly what the plain objective gives for its
+    parameters."""
+    exp = with_overrides(tiny(steps=2), noise={"weighting": "flat", "t_low": 0.2, "time_distribution": "logit_normal",
+                                               "ar_fraction": 0.3}, loop={"eval_every": 2})
+    result = train(exp, tmp_path / "recipe", verbose=False)
+    loaded, graphdef, params, tok, objective, _ = load_run(tmp_path / "recipe")
+    assert objective == make_objective(configs.shrink(configs.quickstart()).noise, exp.model.num_tokens)
+    mesh = make_mesh(loaded.mesh)
+    bound = evaluate_likelihood(objective, graphdef, params, _eval_batches(loaded, tok, mesh), mesh,
+                                time_points=exp.loop.eval_time_points, seed=exp.train.seed)
+    assert result["val_loss"] == pytest.approx(bound.nats_per_token, rel=1e-6)
+    assert result["losses"][-1] != pytest.approx(result["val_loss"], rel=1e-3)  # trained on another loss
 
 
 def test_load_run_restores_final_params(runs):
