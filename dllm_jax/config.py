@@ -84,9 +84,6 @@ class ModelConfig:
         and samplers see no difference.
       attention_bias: ``none``, or ``alibi``: ALiBi's distance penalty -m_h |i - j| added to
         the attention logits (on top of rotary positions), so attention starts local.
-      neighbor_input: add each position's left and right neighbours' embeddings (learned
-        per-feature scales) to its input, so a masked position sees the tokens beside it
-        from the first layer (bidirectional models only).
       embed_init_std: standard deviation of the input embedding at initialisation.
       head_init_scale: the output projection's initial weights are LeCun-normal times this
         factor (0 = zero init: uniform logits at step 0).
@@ -108,7 +105,6 @@ class ModelConfig:
     remat: bool = False
     shift: bool = False
     attention_bias: Literal["none", "alibi"] = "none"
-    neighbor_input: bool = False
     embed_init_std: float = 1.0
     head_init_scale: float = 1.0
 
@@ -141,11 +137,6 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.embed_init_std must be > 0, got {self.embed_init_std}")
         if not _number(self, "head_init_scale") >= 0:
             raise ValueError(f"ModelConfig.head_init_scale must be >= 0, got {self.head_init_scale}")
-        if self.neighbor_input and self.attention != "bidirectional":
-            raise ValueError(
-                "ModelConfig.neighbor_input reads the right neighbour, so it is for bidirectional "
-                f"models only, got attention={self.attention!r}"
-            )
         if self.shift and self.attention != "bidirectional":
             raise ValueError(
                 "ModelConfig.shift (Dream's shifted prediction) is for bidirectional diffusion "

@@ -16,7 +16,7 @@ from flax import nnx
 
 from dllm_jax.config import ModelConfig
 from dllm_jax.nn.attention import Attention, KVCache, attention_mask, structural_mask
-from dllm_jax.nn.layers import Embed, Linear, RMSNorm, SwiGLU, param, rotary_tables, timestep_embedding
+from dllm_jax.nn.layers import Embed, Linear, RMSNorm, SwiGLU, rotary_tables, timestep_embedding
 from dllm_jax.sharding import constrain
 
 _LAYERS = {nnx.PARTITION_NAME: "layers"}
@@ -99,10 +99,6 @@ class Transformer(nnx.Module):
 
         self.blocks = make_blocks(rngs)
         self.final_norm = RMSNorm(config.d_model, rngs=rngs)
-        if config.neighbor_input:
-            half = lambda key, shape, dtype: jnp.full(shape, 0.5, dtype)
-            self.left_scale = param(rngs, half, (config.d_model,), ("norm",))
-            self.right_scale = param(rngs, half, (config.d_model,), ("norm",))
         self.head = Linear(config.d_model, (config.num_tokens,), ("embed", "vocab"), rngs=rngs, dtype=dtype,
                            init_scale=config.head_init_scale)
         if config.time_conditioning:
@@ -121,21 +117,7 @@ class Transformer(nnx.Module):
         """
         if tokens_BL.ndim != 2:
             raise ValueError(f"tokens must have shape (batch, length), got {tokens_BL.shape}")
-        return self.forward_hidden(self._embed(tokens_BL, causal_B), t_B, positions_BL, causal_B)
-
-    def _embed(self, tokens_BL, causal_B=None):
-        """Token embeddings; with ``neighbor_input`` plus scaled embeddings of each position's
-        left and right neighbours (the mask beyond the edges; no right neighbour in causal rows)."""
-        x_BLD = self.embed(tokens_BL)
-        if not self.config.neighbor_input:
-            return x_BLD
-        edge = jnp.full(tokens_BL.shape[:1] + (1,), self.config.special.mask, tokens_BL.dtype)
-        left_BLD = self.embed(jnp.concatenate([edge, tokens_BL[:, :-1]], axis=1))
-        right_BLD = self.embed(jnp.concatenate([tokens_BL[:, 1:], edge], axis=1))
-        right_BLD = right_BLD * self.right_scale[...].astype(x_BLD.dtype)
-        if causal_B is not None:
-            right_BLD = jnp.where(causal_B[:, None, None], 0.0, right_BLD).astype(x_BLD.dtype)
-        return x_BLD + left_BLD * self.left_scale[...].astype(x_BLD.dtype) + right_BLD
+        return self.forward_hidden(self.embed(tokens_BL), t_B, positions_BL, causal_B)
 
     def forward_hidden(self, x_BLD, t_B=None, positions_BL=None, causal_B=None):
         """Run the blocks and the head on embedded inputs (lets tests differentiate w.r.t. them)."""
@@ -236,7 +218,7 @@ class Transformer(nnx.Module):
         """
         B, C = tokens_BC.shape
         S = cache.k.shape[2]
-        if (self.config.shift or self.config.neighbor_input) and C != S:
+        if self.config.shift and C != S:
             raise ValueError(
                 "a shift model predicts token i at position i - 1, so a chunk of the canvas needs "
                 f"the position before it: use canvas_chunk (forward_chunk takes whole canvases, "
@@ -256,7 +238,7 @@ class Transformer(nnx.Module):
         if kv_valid_BS is not None:
             mask_BCS = mask_BCS & kv_valid_BS[:, None, :]
         cond_BC = self._condition(t_B, B)
-        x_BCD = constrain(self._embed(tokens_BC), "batch", "length", "act_embed")
+        x_BCD = constrain(self.embed(tokens_BC), "batch", "length", "act_embed")
 
         @nnx.scan(
             in_axes=(0, nnx.Carry, 0, None, None, None, None, None),
