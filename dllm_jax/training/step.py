@@ -26,7 +26,14 @@ LN2 = math.log(2.0)
 
 def _apply_fn(graphdef, params):
     model = nnx.merge(graphdef, params, copy=True)  # params may be closed over by a jit
-    return lambda tokens_BL, t_B, causal_B=None: model(tokens_BL, t_B, causal_B=causal_B)
+
+    def apply(tokens_BL, t_B, causal_B=None):
+        # Only recipes that mix AR rows pass causal_B; other models (oracles) need not take it.
+        if causal_B is None:
+            return model(tokens_BL, t_B)
+        return model(tokens_BL, t_B, causal_B=causal_B)
+
+    return apply
 
 
 def _example_keys(key, index_B):
