@@ -60,6 +60,7 @@ class _UnrecoverableError(CorruptCheckpointError):
 
 
 _NO_SUCH_STEP = "no such step"
+DAMAGED_SUFFIX = ".damaged"  # a damaged step set aside by a new save of the same step
 
 
 # --- fingerprints: a positional hash of every array leaf, independent of the sharding ----
@@ -354,6 +355,8 @@ class Checkpointer:
                 f"checkpoint metadata and metrics must be JSON-serialisable: {e}"
             ) from e
         self._flush()
+        if self._step_dir(step).exists() and (problem := self._problem(step)) is not None:
+            self._set_aside(step, problem)
         if self._step_dir(step).exists():
             if not force:
                 raise FileExistsError(
@@ -370,6 +373,31 @@ class Checkpointer:
         if not self._async:
             self._flush()
         return True
+
+    def _set_aside(self, step: int, problem: str):
+        """Move a damaged ``step`` to ``<step>.damaged[-n]`` so a new save can take its place.
+
+        Resuming over a damaged latest checkpoint falls back to the previous one and trains
+        to the damaged step again; replacing it is the only way forward, and nothing is
+        deleted (the bad files stay for inspection beside the good steps).
+        """
+        root = self._step_dir(step)
+        target = self.directory / f"{step}{DAMAGED_SUFFIX}"
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.directory / f"{step}{DAMAGED_SUFFIX}-{n}"
+        if jax.process_index() == 0:
+            root.rename(target)
+        _all_processes(True)  # every process sees the move before the manager rescans
+        warnings.warn(
+            f"checkpoint step {step} in {self.directory} was damaged ({problem}); it was moved to "
+            f"{target.name} and is replaced by the new save",
+            IncompleteCheckpointWarning,
+            stacklevel=3,
+        )
+        self._damaged.pop(step, None)
+        self._manager.reload()
 
     # --- restore --------------------------------------------------------------------------
 

@@ -302,18 +302,18 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}"
             )
-        if not self.lr > 0:
+        if not _number(self, "lr") > 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
+        if not 0 <= _number(self, "min_lr_ratio") <= 1:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if not 0 <= self.ema_decay < 1:
+        if not 0 <= _number(self, "ema_decay") < 1:
             raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
         if not _number(self, "grad_clip") >= 0:
             raise ValueError(f"TrainConfig.grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip}")
         for name in ("b1", "b2"):
-            if not 0 <= getattr(self, name) < 1:
+            if not 0 <= _number(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.weight_decay < 0:
+        if _number(self, "weight_decay") < 0:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
 
 
@@ -454,7 +454,27 @@ class ExperimentConfig:
             "model": ModelConfig, "noise": NoiseConfig, "train": TrainConfig,
             "data": DataConfig, "loop": LoopConfig, "mesh": MeshConfig,
         }
-        kwargs = {k: (sub[k](**_tuples(v)) if k in sub else v) for k, v in d.items()}
+        if not isinstance(d, dict):
+            raise ValueError(f"an experiment config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config section(s) {unknown}; expected some of {sorted(known)}")
+        kwargs = {}
+        for k, v in d.items():
+            if k not in sub:
+                kwargs[k] = v
+                continue
+            fields = {f.name for f in dataclasses.fields(sub[k])}
+            if not isinstance(v, dict):
+                raise ValueError(f"config section {k!r} must be an object of fields, got {v!r}")
+            extra = sorted(set(v) - fields)
+            if extra:
+                raise ValueError(
+                    f"unknown field(s) {', '.join(f'{k}.{e}' for e in extra)} (written by another version "
+                    f"of dllm_jax?); {sub[k].__name__} has {sorted(fields)}"
+                )
+            kwargs[k] = sub[k](**_tuples(v))
         return cls(**kwargs)
 
 

@@ -25,12 +25,11 @@ def table(records: list[dict]) -> str:
         ratio = f"{math.exp(r['val_loss'] - ar['val_loss']):.2f}" if ar and r["process"] != "ar" else ""
         gap = r["unigram_entropy"] - r["nll_t0.10"]
         kind = "=" if r["process"] == "ar" else "≤"
+        as_ar = f"{r['network_as_ar']:.3f}" if r.get("network_as_ar") is not None else ""
         lines.append(
             f"| {r['variant']} | {r['factor']} | {r['budget']}x | {r['steps']} x {r['batch_size']} | "
             f"{r['val_loss']:.3f} | {kind} {r['val_ppl']:.1f} | {ratio} | {r['nll_t0.10']:.3f} | "
-            f"{gap:+.2f} | {r['network_as_ar']:.3f} | {r['wall_seconds']:.0f} |"
-            if "network_as_ar" in r else
-            f"{gap:+.2f} | | {r['wall_seconds']:.0f} |"
+            f"{gap:+.2f} | {as_ar} | {r['wall_seconds']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -75,10 +74,15 @@ def plot(records: list[dict], out: Path) -> list[Path]:
     return paths
 
 
-def write_report(records: list[dict], out: Path) -> None:
-    """``results.json`` (every record), ``results.md`` (the table) and the plots."""
+def write_report(records: list[dict], out: Path, known: set[str] | None = None) -> None:
+    """``results.json`` (every record), ``results.md`` (the table) and the plots.
+
+    Records already in ``results.json`` are kept (a partial rerun adds to the study) unless
+    ``known`` is given and their variant is not in it (a variant since removed).
+    """
     out.mkdir(parents=True, exist_ok=True)
     old = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else []
+    old = [r for r in old if known is None or r["variant"] in known]
     merged = {(r["variant"], r["budget"]): r for r in old}
     merged.update({(r["variant"], r["budget"]): r for r in records})
     records = list(merged.values())

@@ -190,11 +190,19 @@ def test_damaged_latest_step_falls_back(tmp_path, kind, cheap):
     assert ckpt.latest_step() == 2  # now known to be damaged
     with pytest.raises(CorruptCheckpointError, match="step 3"):
         Checkpointer(tmp_path).restore(random_tree(0), step=3)
-    # A new save of step 3 succeeds where the interrupted one left only a temporary dir.
+    # Training on from step 2 saves step 3 again: the damaged one is set aside (kept, not
+    # deleted) and the new one replaces it; an interrupted save left only a temporary dir.
+    before = sorted(p.name for p in tmp_path.iterdir())
     if kind == "tmp_dir":
         ckpt.save(3, random_tree(30), {"step": 30})
-        assert bits(ckpt.restore(random_tree(0))[0]) == bits(random_tree(30))
         assert not glob.glob(str(tmp_path / f"*{TMP_SUFFIX}*"))
+    else:
+        with pytest.warns(IncompleteCheckpointWarning, match=r"step 3 .* moved to 3\.damaged"):
+            ckpt.save(3, random_tree(30), {"step": 30})
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before + ["3.damaged"])
+    assert ckpt.all_steps() == [1, 2, 3]
+    assert bits(ckpt.restore(random_tree(0))[0]) == bits(random_tree(30))
+    assert bits(Checkpointer(tmp_path).restore(random_tree(0))[0]) == bits(random_tree(30))
 
 
 KILL_SCRIPT = textwrap.dedent(

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from dllm_jax.files import write_atomic
+
 MODEL_TYPES = ("bpe", "unigram")
 _WHITESPACE_MARK = "\u2581"  # sentencepiece's escaped space
 _USER_SYMBOLS = ("\n", "\r", "\t")
@@ -160,11 +162,8 @@ class Tokenizer:
             raise ValueError(f"{str(path)!r} is not a sentencepiece model: {e}") from None
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the model bytes to ``path``; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self.model_bytes)
-        return path
+        """Write the model bytes to ``path`` (atomically: never a half-written model); returns the path."""
+        return write_atomic(path, self.model_bytes)
 
     # ------------------------------------------------------------------ lazy processor
 

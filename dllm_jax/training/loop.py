@@ -23,6 +23,7 @@ from dllm_jax.config import ExperimentConfig
 from dllm_jax.data.corpus import make_source
 from dllm_jax.data.pipeline import GlobalBatches, PackedSequences
 from dllm_jax.data.tokenizer import Tokenizer
+from dllm_jax.files import read_json, write_atomic
 from dllm_jax.diffusion import ARObjective, make_objective, training_objective
 from dllm_jax.evaluation.context_use import context_use, make_context_fn, model_apply
 from dllm_jax.evaluation.likelihood import stratified_likelihood
@@ -46,18 +47,92 @@ def _say(*args):
 
 
 def check_compatible(saved: dict, exp: ExperimentConfig) -> None:
-    """Raise if a run directory was made by a config this run cannot resume."""
+    """Raise if a run directory was made by a config this run cannot resume.
+
+    A field the saved config lacks (written before the field existed) counts as its default.
+    """
     new = exp.to_dict()
     diffs = []
     for key in _RESUME_KEYS:
         for field, value in new[key].items():
-            old = saved.get(key, {}).get(field)
+            old = saved.get(key, {}).get(field, _field_default(getattr(exp, key), field))
             if isinstance(old, list):
                 old = tuple(old)
             if old != value:
                 diffs.append(f"{key}.{field}: checkpoint has {old!r}, config has {value!r}")
     if diffs:
         raise ValueError("run directory holds a checkpoint from an incompatible config:\n  " + "\n  ".join(diffs))
+
+
+def _field_default(section, field: str):
+    f = next(f for f in dataclasses.fields(section) if f.name == field)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def saved_config(run_dir: Path) -> dict | None:
+    """The config a run directory was trained with: its latest checkpoint's, else config.json.
+
+    The checkpoint's own metadata is the authority (``config.json`` may be missing or stale);
+    None for a fresh directory.
+    """
+    ckpt_dir = run_dir / "checkpoints"
+    if ckpt_dir.is_dir():
+        ckpt = Checkpointer(ckpt_dir)
+        try:
+            if ckpt.latest_step() is not None:
+                config = ckpt.metadata().get("config")
+                if config is not None:
+                    return config
+        finally:
+            ckpt.close()
+    config_file = run_dir / "config.json"
+    return read_json(config_file) if config_file.exists() else None
+
+
+def _write_config(run_dir: Path, exp: ExperimentConfig) -> None:
+    """Write config.json atomically, only when it changes, naming what changed on a resume."""
+    config_file = run_dir / "config.json"
+    text = json.dumps(exp.to_dict(), indent=2)
+    if config_file.exists():
+        old_text = config_file.read_text()
+        if old_text == text:
+            return
+        try:
+            old = json.loads(old_text)
+        except json.JSONDecodeError:
+            old = {}
+        new = exp.to_dict()
+        changed = [f"{k}.{f}: {old.get(k, {}).get(f)!r} -> {v!r}" for k in new if isinstance(new[k], dict)
+                   for f, v in new[k].items() if _jsonable(old.get(k, {}).get(f)) != _jsonable(v)]
+        if changed:
+            _say("config.json updated for this resume (each checkpoint keeps the config it was saved with): "
+                 + "; ".join(changed))
+    write_atomic(config_file, text)
+
+
+def _jsonable(v):
+    return json.loads(json.dumps(v))
+
+
+def _check_finite(first_step: int, losses, state) -> None:
+    """Stop a diverged run before it is checkpointed: losses of steps first_step.. and params."""
+    for i, loss in enumerate(losses):
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"training diverged: loss {loss} at step {first_step + i}; stopping without saving this "
+                "state (the last checkpoint is untouched). Lower train.lr or check the data."
+            )
+    if not bool(_all_finite(state.params)):
+        raise FloatingPointError(f"training diverged: non-finite parameters after step {first_step + len(losses) - 1}; "
+                                 "stopping without saving this state (the last checkpoint is untouched)")
+
+
+@jax.jit
+def _all_finite(tree):
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def load_or_train_tokenizer(exp: ExperimentConfig, run_dir: Path) -> Tokenizer:
@@ -133,14 +208,14 @@ def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = N
     samples, timings.
     """
     run_dir = Path(run_dir)
-    config_file = run_dir / "config.json"
-    if config_file.exists():
-        check_compatible(json.loads(config_file.read_text()), exp)
+    saved = saved_config(run_dir)
+    if saved is not None:
+        check_compatible(saved, exp)  # before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     mesh = make_mesh(exp.mesh)
     tok = load_or_train_tokenizer(exp, run_dir)
     if jax.process_index() == 0:
-        config_file.write_text(json.dumps(exp.to_dict(), indent=2))
+        _write_config(run_dir, exp)
 
     objective = make_objective(exp.noise, exp.model.num_tokens)
     graphdef, state, tx = create_train_state(exp.model, exp.train, mesh)
@@ -196,43 +271,47 @@ def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = N
             return compiled(state, batch)
 
     t_start, t_log = time.perf_counter(), time.perf_counter()
-    for step in range(start, last):
-        if step > start:
-            batch = next(batches)
-        state, metrics = run_step(state, batch)
-        pending.append(metrics["loss"])
-        done = step + 1
-        if done % exp.loop.log_every == 0 or done == last:
-            losses.extend(float(x) for x in pending)
-            now = time.perf_counter()
-            tok_s = len(pending) * tokens_per_step / (now - t_log)
-            eta = (exp.train.steps - done) * (now - t_start) / (done - start)
-            logger.log(done, {"loss": losses[-1], "bits_per_token": losses[-1] / LN2, "tokens_per_second": tok_s,
-                              "grad_norm": float(metrics["grad_norm"])})
-            if verbose:
-                _say(f"  step {done:5d}/{exp.train.steps} | loss {losses[-1]:.4f} | {tok_s:,.0f} tok/s | "
-                     f"ETA {time.strftime('%M:%S', time.gmtime(eta))}")
-            pending, t_log = [], now
-        if done % exp.loop.eval_every == 0 or done == exp.train.steps:
+    try:
+        for step in range(start, last):
+            if step > start:
+                batch = next(batches)
+            state, metrics = run_step(state, batch)
+            pending.append(metrics["loss"])
+            done = step + 1
+            if done % exp.loop.log_every == 0 or done == last:
+                _check_finite(done - len(pending) + 1, [float(x) for x in pending], state)
+                losses.extend(float(x) for x in pending)
+                now = time.perf_counter()
+                tok_s = len(pending) * tokens_per_step / (now - t_log)
+                eta = (exp.train.steps - done) * (now - t_start) / (done - start)
+                logger.log(done, {"loss": losses[-1], "bits_per_token": losses[-1] / LN2, "tokens_per_second": tok_s,
+                                  "grad_norm": float(metrics["grad_norm"])})
+                if verbose:
+                    _say(f"  step {done:5d}/{exp.train.steps} | loss {losses[-1]:.4f} | {tok_s:,.0f} tok/s | "
+                         f"ETA {time.strftime('%M:%S', time.gmtime(eta))}")
+                pending, t_log = [], now
+            if done % exp.loop.eval_every == 0 or done == exp.train.steps:
+                summary = eval_and_sample(state)
+                logger.log(done, {k: v for k, v in summary.items() if k not in ("samples", "context_use")},
+                           samples={str(k): v for k, v in summary["samples"].items()})
+                _say(f"  eval @ {done}: {summary['val_loss']:.4f} nats/token, {summary['val_bits_per_token']:.4f} "
+                     f"bits/token, ppl {'=' if exp.noise.process == 'ar' else '<='} {summary['val_ppl']:.2f}"
+                     + (f" | NLL per corrupted token at t=0.1: {summary['nll_t0.10']:.3f} "
+                        f"(unigram {summary['unigram_entropy']:.3f})" if "nll_t0.10" in summary else ""))
+            if done % exp.loop.checkpoint_every == 0 or done == last:
+                _check_finite(done - len(pending) + 1, [float(x) for x in pending], state)
+                meta = {"step": done, "data_state": batches.get_state(), "tokenizer_sha256": tok.sha256,
+                        "config": exp.to_dict()}
+                metrics_for_ckpt = {"val_loss": summary["val_loss"]} if "val_loss" in summary else None
+                ckpt.save(done, {"state": state}, meta, metrics=metrics_for_ckpt)
+            if done % exp.loop.eval_every == 0 or done % exp.loop.checkpoint_every == 0:
+                t_log = time.perf_counter()  # keep eval/checkpoint time out of tokens/s
+        if not summary:  # nothing evaluated in this invocation (e.g. the run was already done)
             summary = eval_and_sample(state)
-            logger.log(done, {k: v for k, v in summary.items() if k not in ("samples", "context_use")},
-                       samples={str(k): v for k, v in summary["samples"].items()})
-            _say(f"  eval @ {done}: {summary['val_loss']:.4f} nats/token, {summary['val_bits_per_token']:.4f} "
-                 f"bits/token, ppl {'=' if exp.noise.process == 'ar' else '<='} {summary['val_ppl']:.2f}"
-                 + (f" | NLL per corrupted token at t=0.1: {summary['nll_t0.10']:.3f} "
-                    f"(unigram {summary['unigram_entropy']:.3f})" if "nll_t0.10" in summary else ""))
-        if done % exp.loop.checkpoint_every == 0 or done == last:
-            meta = {"step": done, "data_state": batches.get_state(), "tokenizer_sha256": tok.sha256,
-                    "config": exp.to_dict()}
-            metrics_for_ckpt = {"val_loss": summary["val_loss"]} if "val_loss" in summary else None
-            ckpt.save(done, {"state": state}, meta, metrics=metrics_for_ckpt)
-        if done % exp.loop.eval_every == 0 or done % exp.loop.checkpoint_every == 0:
-            t_log = time.perf_counter()  # keep eval/checkpoint time out of tokens/s
-    if not summary:  # nothing evaluated in this invocation (e.g. the run was already done)
-        summary = eval_and_sample(state)
-    ckpt.wait()
-    ckpt.close()
-    logger.close()
+    finally:  # a diverged or interrupted run still finishes its writes
+        ckpt.wait()
+        ckpt.close()
+        logger.close()
     wall = time.perf_counter() - t_start
     return {**summary, "losses": losses, "start_step": start, "end_step": last, "compile_seconds": compile_s,
             "wall_seconds": wall, "state": state, "graphdef": graphdef, "tokenizer": tok,
@@ -256,7 +335,10 @@ def load_run(run_dir: str | Path, step: int | None = None, use_ema: bool = True)
     config_file = run_dir / "config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
-    exp = ExperimentConfig.from_dict(json.loads(config_file.read_text()))
+    try:
+        exp = ExperimentConfig.from_dict(read_json(config_file))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{config_file}: {e}") from None
     tok = load_or_train_tokenizer(exp, run_dir)
     mesh = make_mesh(exp.mesh)
     graphdef, state, _ = create_train_state(exp.model, exp.train, mesh)

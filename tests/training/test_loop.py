@@ -137,3 +137,86 @@ def test_sequence_longer_than_model_is_refused():
     with pytest.raises(ValueError, match="causal"):
         ExperimentConfig("x", ModelConfig(num_tokens=2048), noise=exp.noise.__class__(process="ar"),
                          data=exp.data)
+
+
+# --- run-directory reliability ---------------------------------------------------------------
+
+
+def _snapshot(run_dir):
+    return {p.relative_to(run_dir): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.filterwarnings("ignore::dllm_jax.checkpoint.IncompleteCheckpointWarning")
+def test_resume_over_a_damaged_latest_checkpoint_finishes(runs, tmp_path):
+    """The latest step is damaged: the run falls back, trains again to that step and replaces
+    it (the damaged one is set aside, not deleted), reproducing the uninterrupted losses."""
+    from dllm_jax.checkpoint import COMMIT_MARKER
+
+    exp, root, *_, whole = runs
+    run_dir = tmp_path / "damaged"
+    shutil.copytree(root / "whole", run_dir)
+    (run_dir / "checkpoints" / "6" / COMMIT_MARKER).unlink()
+    again = train(exp, run_dir, verbose=False)
+    assert again["start_step"] == 3 and again["losses"] == whole["losses"][3:]
+    assert (run_dir / "checkpoints" / "6.damaged").is_dir()
+    assert load_run(run_dir)[-1] == 6
+    assert train(exp, run_dir, verbose=False)["start_step"] == 6  # and the next start is clean
+
+
+def test_checkpoints_without_config_json_are_checked_against_the_checkpoint(runs, tmp_path):
+    exp, root, *_ = runs
+    run_dir = tmp_path / "no_config"
+    shutil.copytree(root / "whole", run_dir)
+    (run_dir / "config.json").unlink()
+    before = _snapshot(run_dir)
+    with pytest.raises(ValueError, match=r"model.d_model: checkpoint has 32, config has 64"):
+        train(with_overrides(exp, model={"d_model": 64}), run_dir, verbose=False)
+    assert _snapshot(run_dir) == before  # nothing written, config.json not invented
+    assert train(exp, run_dir, verbose=False)["start_step"] == 6  # the original command still works
+    assert json.loads((run_dir / "config.json").read_text()) == json.loads(json.dumps(exp.to_dict()))
+
+
+def test_diverging_run_stops_with_a_clear_error_and_saves_nothing_non_finite(tmp_path):
+    exp = with_overrides(tiny(steps=6), train={"lr": 1e30, "warmup_steps": 0, "grad_clip": 0.0},
+                         loop={"log_every": 1, "eval_every": 100, "checkpoint_every": 1})
+    with pytest.raises(FloatingPointError, match=r"training diverged: .* step \d+"):
+        train(exp, tmp_path / "nan", verbose=False)
+    ckpt_dir = tmp_path / "nan" / "checkpoints"
+    steps = sorted(int(p.name) for p in ckpt_dir.iterdir()) if ckpt_dir.exists() else []
+    assert len(steps) < 6
+    if steps:  # whatever was saved before the divergence is finite
+        from dllm_jax.training.loop import _all_finite
+
+        params = load_run(tmp_path / "nan")[2]
+        assert bool(_all_finite(params))
+
+
+def test_resume_with_a_changed_optimiser_field_says_so(runs, tmp_path, capsys):
+    """config.json is rewritten (atomically) only when it changes, and the change is named."""
+    exp, root, *_ = runs
+    run_dir = tmp_path / "lr"
+    shutil.copytree(root / "whole", run_dir)
+    mtime = (run_dir / "config.json").stat().st_mtime_ns
+    train(exp, run_dir, verbose=False)
+    assert (run_dir / "config.json").stat().st_mtime_ns == mtime  # unchanged: not rewritten
+    changed = with_overrides(exp, train={"lr": 1e-4, "steps": 7})
+    train(changed, run_dir, verbose=False)
+    out = capsys.readouterr().out
+    assert "train.lr: 0.003 -> 0.0001" in out and "train.steps: 6 -> 7" in out
+    assert json.loads((run_dir / "config.json").read_text())["train"]["lr"] == 1e-4
+    assert not list(run_dir.glob(".config.json.*"))  # no temporary file left behind
+
+
+def test_bad_config_json_is_named(runs, tmp_path):
+    _, root, *_ = runs
+    run_dir = tmp_path / "bad_json"
+    shutil.copytree(root / "whole", run_dir)
+    text = (run_dir / "config.json").read_text()
+    (run_dir / "config.json").write_text(text[:-5])
+    with pytest.raises(ValueError, match=r"config.json is not valid JSON"):
+        load_run(run_dir)
+    d = json.loads(text)
+    d["model"]["colour"] = "red"
+    (run_dir / "config.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=r"config.json: unknown field\(s\) model.colour"):
+        load_run(run_dir)
