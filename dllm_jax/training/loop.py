@@ -23,10 +23,10 @@ from dllm_jax.config import ExperimentConfig
 from dllm_jax.data.corpus import make_source
 from dllm_jax.data.pipeline import GlobalBatches, PackedSequences
 from dllm_jax.data.tokenizer import Tokenizer
-from dllm_jax.files import read_json, write_atomic
 from dllm_jax.diffusion import ARObjective, make_objective, training_objective
 from dllm_jax.evaluation.context_use import context_use, make_context_fn, model_apply
 from dllm_jax.evaluation.likelihood import stratified_likelihood
+from dllm_jax.files import read_json, write_atomic
 from dllm_jax.nn.model import apply_model
 from dllm_jax.sampling import ancestral, example_keys, sample
 from dllm_jax.sampling.kv_decode import ar_sample_cached
