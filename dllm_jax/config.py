@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -29,6 +31,65 @@ class SpecialIds(NamedTuple):
 def special_ids(num_tokens: int) -> SpecialIds:
     """Ids of the special tokens, which follow the ``num_tokens`` ordinary ones."""
     return SpecialIds(pad=num_tokens, bos=num_tokens + 1, mask=num_tokens + 2)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_float(v) -> bool:
+    return _is_int(v) or isinstance(v, (float, np.floating))
+
+
+def _matches(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is int:
+        return _is_int(value)
+    if hint is float:
+        return _is_float(value)
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_))
+    if hint is str:
+        return isinstance(value, str)
+    if origin is Literal:
+        return isinstance(value, str) and value in typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(value is None if a is type(None) else _matches(value, a) for a in typing.get_args(hint))
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        return isinstance(value, tuple) and all(_matches(v, item) for v in value)
+    return True  # nested or unusual types are checked by the config itself
+
+
+def _hint_text(hint) -> str:
+    if typing.get_origin(hint) is Literal:
+        return f"one of {typing.get_args(hint)}"
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        return f"a tuple of {'integers, e.g. (8, 32)' if item is int else 'numbers, e.g. (0.1, 0.5)'}"
+    return {int: "an integer", float: "a number", bool: "True or False", str: "a string"}.get(
+        hint, str(hint).replace("typing.", "")
+    )
+
+
+def _check_types(obj) -> None:
+    """Every field has its annotated type: ``train.lr='abc'`` is refused by name, up front."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if not _matches(value, hints[f.name]):
+            raise ValueError(
+                f"{type(obj).__name__}.{f.name} must be {_hint_text(hints[f.name])}, got {value!r}"
+            )
+
+
+def _seed(obj, name: str) -> None:
+    value = getattr(obj, name)
+    if not 0 <= value < 2**32:
+        raise ValueError(
+            f"{type(obj).__name__}.{name} must be in [0, 2**32) (larger seeds would wrap onto "
+            f"smaller ones), got {value}"
+        )
 
 
 def _positive_int(obj, *names: str) -> None:
@@ -109,6 +170,7 @@ class ModelConfig:
     head_init_scale: float = 1.0
 
     def __post_init__(self):
+        _check_types(self)
         _positive_int(
             self, "num_tokens", "max_len", "d_model", "num_layers", "num_heads",
             "block_size", "time_embed_dim", "vocab_multiple",
@@ -210,6 +272,7 @@ class NoiseConfig:
     ar_anneal_end: float = 1.0
 
     def __post_init__(self):
+        _check_types(self)
         _one_of(self, "process", PROCESS_KINDS)
         _one_of(self, "schedule", SCHEDULE_KINDS)
         _one_of(self, "time_distribution", TIME_DISTRIBUTIONS)
@@ -268,6 +331,7 @@ class MeshConfig:
     tensor: int = 1
 
     def __post_init__(self):
+        _check_types(self)
         sizes = (self.data, self.fsdp, self.tensor)
         if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
             raise ValueError(
@@ -297,6 +361,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        _check_types(self)
+        _seed(self, "seed")
         _positive_int(self, "batch_size", "seq_len", "steps")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(
@@ -376,6 +442,8 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self):
+        _check_types(self)
+        _seed(self, "seed")
         _positive_int(self, "vocab_size")
         if not self.source:
             raise ValueError("DataConfig.source must name a corpus, got ''")
@@ -402,11 +470,16 @@ class LoopConfig:
     context_times: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99)
 
     def __post_init__(self):
+        _check_types(self)
         _positive_int(
             self, "log_every", "eval_every", "eval_batches", "eval_time_points",
             "checkpoint_every", "keep_checkpoints", "num_samples", "sample_length",
         )
-        if any(not isinstance(k, int) or k < 1 for k in self.sample_steps):
+        if not isinstance(self.sample_steps, tuple):
+            raise ValueError(
+                f"LoopConfig.sample_steps must be a tuple of step counts, e.g. (8, 32), got {self.sample_steps!r}"
+            )
+        if any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in self.sample_steps):
             raise ValueError(f"LoopConfig.sample_steps must be integers >= 1, got {self.sample_steps}")
         if not isinstance(self.context_times, tuple) or any(
             isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1
@@ -430,6 +503,7 @@ class ExperimentConfig:
     mesh: MeshConfig = MeshConfig()
 
     def __post_init__(self):
+        _check_types(self)
         check_sequence_length(self.train.seq_len, self.model)
         wants_causal = self.noise.process == "ar"
         if wants_causal != (self.model.attention == "causal"):

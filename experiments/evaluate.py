@@ -27,7 +27,9 @@ def main(argv=None):
                         help="noise levels of the context-use diagnostic (none: skip it)")
     args = parser.parse_args(argv)
     exp, graphdef, params, tok, objective, step = load_run(args.run_dir)
-    if args.batches:
+    if args.batches is not None:
+        if args.batches < 1:
+            parser.error(f"--batches must be >= 1, got {args.batches}")
         exp = dataclasses.replace(exp, loop=dataclasses.replace(exp.loop, eval_batches=args.batches))
     mesh = make_mesh(exp.mesh)
     batches = _eval_batches(exp, tok, mesh)

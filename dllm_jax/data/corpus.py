@@ -190,7 +190,7 @@ def local_text(
     _check_split(split)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    names, spans = [], []
+    names, spans, total = [], [], 0
     for root in paths:
         for name, file in _files(Path(root)):
             size = file.stat().st_size
@@ -198,14 +198,23 @@ def local_text(
                 blocks = [(0, size)] if size else []
             else:
                 blocks = _blocks(file.read_bytes(), max_document_bytes)
+            total += len(blocks)
             for k, (start, end) in enumerate(blocks):
                 doc_name = name if len(blocks) == 1 else f"{name}#{k}"
                 if _keep(doc_name, split):
                     names.append(doc_name)
                     spans.append((str(file), start, end))
     if not spans:
+        hint = ""
+        if split == "validation" and total:
+            hint = (
+                f": the {total} document(s) found all fell in the training split (a document goes to "
+                f"validation when a hash of its name falls in the first {VALIDATION_FRACTION:.0%}; a file "
+                f"up to {max_document_bytes:,} bytes is one document). Give a folder of many files or "
+                "a larger file (it is cut into paragraph blocks)"
+            )
         raise ValueError(
-            f"no non-empty text documents in split {split!r} of {list(map(str, paths))}"
+            f"no non-empty text documents in split {split!r} of {list(map(str, paths))}{hint}"
         )
     return LocalText(tuple(names), tuple(spans))
 
@@ -230,7 +239,22 @@ class TfdsText:
         import tensorflow_datasets as tfds  # lazy: the GPU image has no TFDS
 
         self.name, self.split, self.feature = name, split, feature
-        self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+        where = f"under data_dir {data_dir!r}" if data_dir else "in TFDS's default data_dir"
+        if data_dir and not Path(data_dir).is_dir() and not download:
+            raise FileNotFoundError(f"TFDS data_dir {data_dir!r} (for dataset {name!r}) does not exist")
+        try:
+            self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+        except tfds.core.registered.DatasetNotFoundError:
+            raise ValueError(
+                f"TFDS knows no dataset {name!r}: it is neither a registered TFDS name nor prepared {where} "
+                "(local text becomes one with dllm_jax.data.tfds_builder.build_local_tfds)"
+            ) from None
+        except NotImplementedError as e:  # prepared in another format, or only partly
+            first = str(e).splitlines()[0]
+            raise ValueError(
+                f"TFDS dataset {name!r} is not prepared in array_record format {where} ({first}); prepare it "
+                f"with `tfds build {name} --file_format=array_record` or point data_dir at such a copy"
+            ) from None
         features = getattr(self._source.dataset_info, "features", None)
         if features is not None and feature not in features:
             raise ValueError(

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dllm_jax.sampling.draws import position_keys, prior_keys
 
@@ -58,9 +59,10 @@ def example_keys(seed: int, index_B):
 
 
 def check_num_steps(num_steps) -> int:
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+    """``num_steps`` as a Python int (it is static: one compile per value); numpy ints are fine."""
+    if isinstance(num_steps, (bool, np.bool_)) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
         raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
-    return num_steps
+    return int(num_steps)
 
 
 def run_sampler(
@@ -81,7 +83,7 @@ def run_sampler(
       (tokens_BL, nfe_B): final tokens and network evaluations spent per example, times
       ``denoise.passes`` (e.g. 2 for classifier-free guidance) when the denoiser has it.
     """
-    check_num_steps(num_steps)
+    num_steps = check_num_steps(num_steps)
     rule.check_denoiser(denoise)
     grid = time_grid(num_steps)
     batch, length = init_BL.shape

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -202,8 +203,9 @@ def _prepare(graphdef, params, prompts, *, length, rule, num_steps, indices=None
     if eos_id is not None:
         _check_ids([[eos_id]], config.num_tokens, "eos_id")
         eos_id = int(eos_id)
-    if guidance < 0:
-        raise ValueError(f"guidance must be >= 0, got {guidance}")
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(guidance) or guidance < 0:
+        raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
     if guidance > 0:
         empty = [b for b, r in enumerate(prompt_rows) if not r]
         if empty:
@@ -307,7 +309,7 @@ def _check_infill(infill, num_rows: int, length: int, num_tokens: int):
 
 
 def _plan(config: ModelConfig, rule, num_steps, block_size, cache, stops, eos_id, guidance, longest):
-    check_num_steps(num_steps)
+    num_steps = check_num_steps(num_steps)
     if not isinstance(rule, StepRule):
         raise TypeError(f"rule must be a StepRule (see sampling.make_rule), got {type(rule).__name__}")
     if config.attention == "causal":
@@ -347,6 +349,8 @@ def _plan(config: ModelConfig, rule, num_steps, block_size, cache, stops, eos_id
 
 def _jit_args(graphdef, params, model, plan: _Plan, seed, indices, state) -> tuple:
     """The arguments of ``_generate_jit`` for one prepared call."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32) (larger ones would wrap onto others), got {seed!r}")
     num_rows, canvas = state["tokens"].shape
     cache = state["cache"]
     if cache is None and plan.cache == "exact":

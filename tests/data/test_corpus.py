@@ -116,6 +116,14 @@ def test_local_text_errors(tmp_path):
         local_text(tmp_path / "latin1.txt", "all")[0]
 
 
+def test_a_single_small_file_has_no_validation_split_and_says_why(tmp_path):
+    name = next(f"doc{i}.txt" for i in range(1000) if not in_validation(f"doc{i}.txt"))
+    (tmp_path / name).write_text("some text\n")
+    assert len(local_text(tmp_path / name, "train")) == 1
+    with pytest.raises(ValueError, match=r"the 1 document\(s\) found all fell in the training split .* 2%"):
+        local_text(tmp_path / name, "validation")
+
+
 def test_make_source(text_tree):
     root, files = text_tree
     assert make_source("embedded", "validation") is embedded_corpus("validation")

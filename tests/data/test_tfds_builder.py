@@ -72,3 +72,15 @@ def test_bad_names_and_missing_paths(tmp_path, prepared):
         build_local_tfds(tmp_path, tmp_path / "data", name="Bad-Name")
     with pytest.raises(FileNotFoundError, match="nowhere"):
         build_local_tfds(tmp_path / "nowhere", tmp_path / "data")
+
+
+def test_unknown_dataset_and_missing_data_dir_are_one_line_errors(tmp_path, prepared):
+    """TFDS's own errors are 250+ lines (every registered name) or talk about TFRECORD."""
+    with pytest.raises(FileNotFoundError, match=r"TFDS data_dir '.*missing' \(for dataset 'tiny_corpus'\) does not exist"):
+        make_source(f"tfds:tiny_corpus@{tmp_path / 'missing'}")
+    with pytest.raises(ValueError, match=r"TFDS knows no dataset 'no_such_corpus'") as info:
+        make_source(f"tfds:no_such_corpus@{prepared[1]}")
+    assert len(str(info.value).splitlines()) == 1
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"TFDS knows no dataset 'tiny_corpus': .* under data_dir"):
+        make_source(f"tfds:tiny_corpus@{tmp_path / 'empty'}")
