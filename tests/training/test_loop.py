@@ -54,6 +54,10 @@ def test_metrics_jsonl_and_tensorboard_agree(runs):
     tb = [e.value for e in acc.Scalars("loss")]
     assert tb == pytest.approx(whole["losses"], rel=1e-6)  # float32 in the event proto
     assert [e.step for e in acc.Scalars("loss")] == list(range(1, 7))
+    assert [e.value for e in acc.Scalars("val_loss")] == pytest.approx(
+        [r["val_loss"] for r in records if "val_loss" in r], rel=1e-6)
+    texts = acc.Tags()["tensors"]  # the samples, in TensorBoard's text plugin
+    assert any(tag.startswith("samples/K=") for tag in texts)
 
 
 def test_context_use_is_logged_at_every_eval(runs):
