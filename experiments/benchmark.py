@@ -55,10 +55,11 @@ from dllm_jax.nn.layers import rotary_tables
 from dllm_jax.nn.model import abstract_model, apply_model, param_shardings
 from dllm_jax.nn.transformer import Block, count_params
 from dllm_jax.sampling.ancestral import ancestral
+from dllm_jax.sampling.canvas import round_up
 from dllm_jax.sampling.draws import Logits, position_keys
 from dllm_jax.sampling.driver import example_keys, sample, time_grid
-from dllm_jax.sampling.generate import _round_up, generate_program
-from dllm_jax.sampling.kv_decode import _ar_generate_jit
+from dllm_jax.sampling.generate import generate_program
+from dllm_jax.sampling.kv_decode import ar_decode_program
 from dllm_jax.sampling.rules import make_rule
 from dllm_jax.sharding import make_mesh
 from dllm_jax.training import TrainState, jit_train_step, make_optimizer, make_train_step
@@ -182,7 +183,7 @@ def default_setup(args, platform: str) -> Setup:
     extra.update({k: getattr(args, k) for k in ("reps", "block") if getattr(args, k) is not None})
     sections = tuple(args.sections.split(",")) if args.sections else ()
     _check(sizes, batches, steps + cached, sections, extra)
-    need = max(_round_up(s, extra["block"]) for s in sizes)
+    need = max(round_up(s, extra["block"]) for s in sizes)
     model = dataclasses.replace(model, max_len=max(model.max_len, need))
     return Setup(
         model=model,
@@ -557,7 +558,7 @@ def measure_sampler(
             Logits(),
             jnp.zeros((batch,), jnp.int32),
         )
-        compiled, compile_s = compile_timed(_ar_generate_jit, *args, options=setup.compiler_options)
+        compiled, compile_s = compile_timed(ar_decode_program, *args, options=setup.compiler_options)
         run_s, _ = median_time(
             lambda: compiled(*args[1:4], args[6]), setup.warmup, setup.reps, setup.time_budget_s
         )

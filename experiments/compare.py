@@ -40,7 +40,7 @@ from dllm_jax.evaluation.sweep import (
 from dllm_jax.nn.transformer import count_params
 from dllm_jax.sampling.rules import make_rule
 from dllm_jax.sharding import make_mesh
-from dllm_jax.training.loop import _eval_batches, load_run, train
+from dllm_jax.training.loop import eval_batches, load_run, train
 from experiments import configs
 from experiments.cli import apply_overrides
 from experiments.sweep_steps import AR_TEMPERATURES, parse_rule, quality_kwargs
@@ -118,7 +118,7 @@ def evaluate(args, run_dir: Path) -> dict:
     if a_tok.sha256 != tok.sha256:
         raise ValueError("the two runs use different tokenizers: compare them on bits/byte only")
     mesh = make_mesh(d_exp.mesh)
-    batches = _eval_batches(d_exp, tok, mesh)
+    batches = eval_batches(d_exp, tok, mesh)
     num_bytes = utf8_bytes(tok, batches)
     likelihood = {}
     for name, (exp, graphdef, params, _, objective, step) in models.items():

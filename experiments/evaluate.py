@@ -15,7 +15,7 @@ import json
 from dllm_jax.evaluation.context_use import DEFAULT_TIMES, context_use
 from dllm_jax.evaluation.likelihood import evaluate_likelihood, utf8_bytes
 from dllm_jax.sharding import make_mesh
-from dllm_jax.training.loop import _eval_batches, load_run
+from dllm_jax.training.loop import eval_batches, load_run
 
 
 def main(argv=None):
@@ -32,7 +32,7 @@ def main(argv=None):
             parser.error(f"--batches must be >= 1, got {args.batches}")
         exp = dataclasses.replace(exp, loop=dataclasses.replace(exp.loop, eval_batches=args.batches))
     mesh = make_mesh(exp.mesh)
-    batches = _eval_batches(exp, tok, mesh)
+    batches = eval_batches(exp, tok, mesh)
     result = evaluate_likelihood(objective, graphdef, params, batches, mesh, time_points=args.time_points,
                                  seed=exp.train.seed, num_bytes=utf8_bytes(tok, batches))
     out = {**result.as_dict(), "step": step}

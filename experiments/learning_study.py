@@ -29,8 +29,7 @@ from flax import nnx
 from dllm_jax.config import ExperimentConfig, NoiseConfig
 from dllm_jax.diffusion import shift_right, token_nll
 from dllm_jax.sharding import make_mesh
-from dllm_jax.training.loop import _eval_batches as eval_batches
-from dllm_jax.training.loop import load_run, train
+from dllm_jax.training.loop import eval_batches, load_run, train
 from experiments import configs
 from experiments.cli import apply_overrides
 from experiments.learning_report import write_report

@@ -40,49 +40,20 @@ import numpy as np
 from flax import nnx
 
 from dllm_jax.config import ModelConfig, special_ids
+from dllm_jax.sampling.canvas import (
+    Generation,
+    as_rows,
+    check_ids,
+    check_infill,
+    check_prompts_and_stops,
+    round_up,
+    stop_hits,
+)
 from dllm_jax.sampling.draws import prior_keys
 from dllm_jax.sampling.driver import StepRule, check_num_steps, example_keys, run_sampler
 from dllm_jax.sampling.rules import guidance_mix
 
 CACHE_MODES = ("none", "exact", "approximate")
-
-
-@dataclasses.dataclass
-class Generation:
-    """The result of ``generate``/``resume``, on the host, plus what ``resume`` needs.
-
-    Attributes:
-      tokens: (B, canvas) int32, prompt + generated text; padding after each row's end.
-      prompt_lengths: (B,) P_b, the prompt length of each row.
-      ends: (B,) one past the last returned position (after the stop sequence if one
-        stopped the row; the eos itself is returned in ``tokens`` but not in ``completions``).
-      stopped: (B,) index of the stop sequence that stopped the row, ``len(stop)`` for eos,
-        -1 if the row ran to its full length.
-      nfe: (B,) network evaluations spent on each row (a pass over a block or the canvas
-        counts one; a guided step counts two).
-    """
-
-    tokens: np.ndarray
-    prompt_lengths: np.ndarray
-    ends: np.ndarray
-    stopped: np.ndarray
-    nfe: np.ndarray
-    eos_id: int | None
-    num_stops: int
-    _resume: dict = dataclasses.field(repr=False, default_factory=dict)
-
-    def completions(self) -> list[list[int]]:
-        """Each row's generated tokens, without the prompt, padding or a final eos."""
-        out = []
-        for b in range(self.tokens.shape[0]):
-            toks = self.tokens[b, self.prompt_lengths[b] : self.ends[b]].tolist()
-            if self.eos_id is not None and self.stopped[b] == self.num_stops:
-                toks = toks[:-1]
-            out.append(toks)
-        return out
-
-    def texts(self, tokenizer) -> list[str]:
-        return [tokenizer.decode(t) for t in self.completions()]
 
 
 class _Denoiser:
@@ -93,23 +64,6 @@ class _Denoiser:
 
     def __call__(self, tokens_BL, t_B):
         return self.fn(tokens_BL, t_B)
-
-
-def _as_rows(seqs, name: str) -> list[list[int]]:
-    if isinstance(seqs, (str, bytes)) or not isinstance(seqs, Sequence):
-        raise TypeError(f"{name} must be a sequence of token-id sequences (one per row), got {type(seqs).__name__}")
-    rows = [np.asarray(s).reshape(-1).tolist() if np.ndim(s) else None for s in seqs]
-    for b, r in enumerate(rows):
-        if r is None or any(not isinstance(x, (int, np.integer)) for x in r):
-            raise TypeError(f"{name}[{b}] must be a sequence of integer token ids, got {seqs[b]!r}")
-    return rows
-
-
-def _check_ids(rows, high: int, name: str):
-    for b, r in enumerate(rows):
-        for i, x in enumerate(r):
-            if not 0 <= x < high:
-                raise ValueError(f"{name}[{b}][{i}] = {x} is not a token id in [0, {high})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,21 +141,11 @@ def _prepare(graphdef, params, prompts, *, length, rule, num_steps, indices=None
     """Check ``generate``'s arguments; (model, plan, host state, example indices)."""
     model = nnx.merge(graphdef, params)
     config: ModelConfig = model.config
-    prompt_rows = _as_rows(prompts, "prompts")
-    if not prompt_rows:
-        raise ValueError("prompts is empty: give one (possibly empty) prompt per row")
-    num_rows = len(prompt_rows)
-    if not isinstance(length, (int, np.integer)) or length < 1:
-        raise ValueError(f"length must be an integer >= 1 (positions to generate), got {length!r}")
-    length = int(length)
-    infill_BG = _check_infill(infill, num_rows, length, config.num_tokens)
-    _check_ids(prompt_rows, config.num_tokens, "prompts")
-    stops = tuple(tuple(s) for s in _as_rows(stop, "stop"))
-    if any(not s for s in stops):
-        raise ValueError("stop sequences must be non-empty")
-    _check_ids([list(s) for s in stops], config.num_tokens, "stop")
+    prompt_rows, stops = check_prompts_and_stops(prompts, stop, length, config.num_tokens)
+    num_rows, length = len(prompt_rows), int(length)
+    infill_BG = check_infill(infill, num_rows, length, config.num_tokens)
     if eos_id is not None:
-        _check_ids([[eos_id]], config.num_tokens, "eos_id")
+        check_ids([[eos_id]], config.num_tokens, "eos_id")
         eos_id = int(eos_id)
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.integer, np.floating)) \
             or not math.isfinite(guidance) or guidance < 0:
@@ -249,12 +193,12 @@ def resume(graphdef, params, previous: Generation, appended, *, length: int, num
     if not info:
         raise ValueError("this Generation holds no resume state")
     plan: _Plan = info["plan"]
-    appended_rows = _as_rows(appended, "appended")
+    appended_rows = as_rows(appended, "appended")
     if len(appended_rows) != len(previous.ends):
         raise ValueError(f"appended has {len(appended_rows)} rows, the generation {len(previous.ends)}")
     model = nnx.merge(graphdef, params)
     config = model.config
-    _check_ids(appended_rows, config.num_tokens, "appended")
+    check_ids(appended_rows, config.num_tokens, "appended")
     if not isinstance(length, (int, np.integer)) or length < 1:
         raise ValueError(f"length must be an integer >= 1, got {length!r}")
     prompts = [previous.tokens[b, : previous.ends[b]].tolist() + a for b, a in enumerate(appended_rows)]
@@ -264,7 +208,7 @@ def resume(graphdef, params, previous: Generation, appended, *, length: int, num
         raise ValueError(f"row {b} would need {ends[b]} positions, more than max_len={config.max_len}")
     if num_steps is not None:
         plan = dataclasses.replace(plan, num_steps=check_num_steps(num_steps))
-    canvas = _round_up(max(ends), plan.block) if plan.num_blocks > 1 or plan.cache != "none" else max(ends)
+    canvas = round_up(max(ends), plan.block) if plan.num_blocks > 1 or plan.cache != "none" else max(ends)
     if plan.num_blocks == 1 and plan.cache == "none":
         plan = dataclasses.replace(plan, block=canvas)
     plan = dataclasses.replace(plan, num_blocks=canvas // plan.block)
@@ -285,27 +229,6 @@ def resume(graphdef, params, previous: Generation, appended, *, length: int, num
         # Blocks wholly before each row's old end are unchanged: their keys and values stand.
         state["cached_blocks"] = (previous.ends // plan.block).astype(np.int32)
     return _run(graphdef, params, model, plan, info["seed"], info["indices"], state)
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def _check_infill(infill, num_rows: int, length: int, num_tokens: int):
-    if infill is None:
-        return np.full((num_rows, length), -1, np.int64)
-    arr = np.asarray(infill)
-    if arr.shape != (num_rows, length):
-        raise ValueError(
-            f"infill must have shape (batch, length) = ({num_rows}, {length}), -1 where unknown; got {arr.shape}"
-        )
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"infill must hold integer ids (-1 where unknown), got dtype {arr.dtype}")
-    bad = (arr < -1) | (arr >= num_tokens)
-    if bad.any():
-        i = np.unravel_index(int(np.argmax(bad)), arr.shape)
-        raise ValueError(f"infill{list(i)} = {arr[i]} is neither -1 (unknown) nor a token id in [0, {num_tokens})")
-    return arr
 
 
 def _plan(config: ModelConfig, rule, num_steps, block_size, cache, stops, eos_id, guidance, longest):
@@ -337,7 +260,7 @@ def _plan(config: ModelConfig, rule, num_steps, block_size, cache, stops, eos_id
     if block_size is None:
         block, canvas = longest, longest
     else:
-        block, canvas = int(block_size), _round_up(longest, int(block_size))
+        block, canvas = int(block_size), round_up(longest, int(block_size))
         if canvas > config.max_len:
             raise ValueError(
                 f"the canvas rounded up to whole blocks of {block} is {canvas} positions, more than max_len={config.max_len}"
@@ -371,27 +294,6 @@ def _run(graphdef, params, model, plan: _Plan, seed, indices, state) -> Generati
         stopped=np.asarray(stopped), nfe=np.asarray(nfe), eos_id=plan.eos_id, num_stops=len(plan.stops),
         _resume=dict(plan=plan, seed=seed, indices=indices, cache=cache),
     )
-
-
-def _stop_hits(tokens_BS, cols_C, stops, lo_B, hi_B):
-    """First position p in ``cols_C`` where a stop sequence ends inside [lo_B, hi_B).
-
-    Returns (found_B, p_B, which_B): which_B is the index of the matching stop (the
-    lowest index if several end at the same p).
-    """
-    S = tokens_BS.shape[1]
-    big = jnp.iinfo(jnp.int32).max
-    best_p, best_i = jnp.full(lo_B.shape, big), jnp.full(lo_B.shape, -1)
-    for i, seq in enumerate(stops):
-        m = len(seq)
-        idx_MC = cols_C[None, :] - (m - 1) + jnp.arange(m)[:, None]
-        win_BMC = tokens_BS[:, jnp.clip(idx_MC, 0, S - 1)]
-        match_BC = jnp.all(win_BMC == jnp.asarray(seq, jnp.int32)[None, :, None], axis=1)
-        match_BC &= (cols_C[None] - (m - 1) >= lo_B[:, None]) & (cols_C[None] < hi_B[:, None])
-        p_B = jnp.min(jnp.where(match_BC, cols_C[None], big), axis=1)
-        better = p_B < best_p
-        best_p, best_i = jnp.where(better, p_B, best_p), jnp.where(better, i, best_i)
-    return best_i >= 0, best_p, best_i
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
@@ -459,7 +361,7 @@ def _generate_jit(graphdef, plan: _Plan, time_conditioned, params, keys_B, token
             cache = jax.lax.cond(jnp.any(write_B), write, lambda c: c, cache)
             nfe_B = nfe_B + write_B
         if stops:
-            found_B, p_B, which_B = _stop_hits(tokens_BS, cols_C, stops, prompt_len_B, end_B)
+            found_B, p_B, which_B = stop_hits(tokens_BS, cols_C, stops, prompt_len_B, end_B)
             found_B &= active_B
             stop_end_B = jnp.where(found_B, p_B + 1, stop_end_B)
             stopped_B = jnp.where(found_B, which_B, stopped_B)

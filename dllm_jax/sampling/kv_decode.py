@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dllm_jax.sampling.canvas import Generation, check_prompts_and_stops, stop_hits
 from dllm_jax.sampling.draws import Logits
+from dllm_jax.sampling.driver import example_keys
 
 
 def ar_sample_cached(
@@ -86,7 +88,8 @@ def _decode(graphdef, params, keys_B, forced_BS, num_forced_B, bos_id, draw, ret
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
-def _ar_generate_jit(graphdef, params, keys_B, forced_BS, bos_id, logits: Logits, num_forced_B):
+def ar_decode_program(graphdef, params, keys_B, forced_BS, bos_id, logits: Logits, num_forced_B):
+    """The jitted program ``ar_generate`` runs (public for ahead-of-time compilation and benchmarks)."""
     draw = lambda k, lg: jax.random.categorical(k, logits(lg))
     return _decode(graphdef, params, keys_B, forced_BS, num_forced_B, bos_id, draw)
 
@@ -101,21 +104,10 @@ def ar_generate(graphdef, params, prompts, *, length: int, logits: Logits = Logi
     prompt lengths need no padding); position i draws with ``fold_in(example_key, i)``.
     NFE counts one decode step per generated token up to each row's end.
     """
-    from dllm_jax.sampling.driver import example_keys
-    from dllm_jax.sampling.generate import Generation, _as_rows, _check_ids, _stop_hits
-
     model = nnx.merge(graphdef, params)
     config = model.config
-    rows = _as_rows(prompts, "prompts")
-    if not rows:
-        raise ValueError("prompts is empty: give one (possibly empty) prompt per row")
-    if not isinstance(length, (int, np.integer)) or length < 1:
-        raise ValueError(f"length must be an integer >= 1 (positions to generate), got {length!r}")
-    _check_ids(rows, config.num_tokens, "prompts")
-    stops = tuple(tuple(s) for s in _as_rows(stop, "stop"))
-    if any(not s for s in stops):
-        raise ValueError("stop sequences must be non-empty")
-    _check_ids([list(s) for s in stops], config.num_tokens, "stop")
+    rows, stops = check_prompts_and_stops(prompts, stop, length, config.num_tokens)
+    length = int(length)
     ends = np.array([len(r) + length for r in rows])
     if ends.max() > config.max_len:
         b = int(np.argmax(ends))
@@ -127,13 +119,13 @@ def ar_generate(graphdef, params, prompts, *, length: int, logits: Logits = Logi
         forced[b, : len(r)] = r
     indices = np.arange(len(rows)) if indices is None else np.asarray(indices)
     num_forced = jnp.asarray([len(r) for r in rows], jnp.int32)
-    toks = np.asarray(_ar_generate_jit(graphdef, params, example_keys(seed, indices), jnp.asarray(forced),
+    toks = np.asarray(ar_decode_program(graphdef, params, example_keys(seed, indices), jnp.asarray(forced),
                                        config.special.bos, logits, num_forced))
     all_stops = stops + (((int(eos_id),),) if eos_id is not None else ())
     prompt_len = np.asarray(num_forced)
     stopped, stop_end = np.full(len(rows), -1), ends.copy()
     if all_stops:
-        found, p, which = (np.asarray(a) for a in _stop_hits(jnp.asarray(toks), jnp.arange(canvas), all_stops,
+        found, p, which = (np.asarray(a) for a in stop_hits(jnp.asarray(toks), jnp.arange(canvas), all_stops,
                                                              jnp.asarray(prompt_len), jnp.asarray(ends)))
         stop_end = np.where(found, p + 1, ends)
         stopped = np.where(found, which, -1)

@@ -155,7 +155,8 @@ def load_or_train_tokenizer(exp: ExperimentConfig, run_dir: Path) -> Tokenizer:
     return tok
 
 
-def _eval_batches(exp, tok, mesh):
+def eval_batches(exp, tok, mesh):
+    """The run's fixed validation batches: ``loop.eval_batches`` global batches, unshuffled."""
     source = make_source(exp.data.source, "validation")
     seqs = PackedSequences(source, tok, exp.train.seq_len, seed=exp.data.seed, pack=exp.data.pack, shuffle=False)
     batches = GlobalBatches(seqs, exp.train.batch_size, mesh)
@@ -236,7 +237,7 @@ def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = N
     trained = training_objective(exp.noise, exp.model, objective)  # eval keeps the true bound
     step_fn = jit_train_step(make_train_step(trained, graphdef, tx, exp.train), state, mesh)
     eval_fn = make_eval_step(objective, graphdef, mesh, seed=exp.train.seed)
-    eval_data = _eval_batches(exp, tok, mesh)
+    eval_data = eval_batches(exp, tok, mesh)
     sampler = Sampler(exp, objective, graphdef)
     logger = MetricsLogger(run_dir, enabled=jax.process_index() == 0)
 

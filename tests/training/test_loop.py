@@ -11,7 +11,7 @@ from dllm_jax.data.tokenizer import Tokenizer
 from dllm_jax.diffusion import make_objective
 from dllm_jax.evaluation import evaluate_likelihood
 from dllm_jax.sharding import make_mesh
-from dllm_jax.training.loop import _eval_batches, load_run, train, with_overrides
+from dllm_jax.training.loop import eval_batches, load_run, train, with_overrides
 from experiments import configs
 
 
@@ -81,7 +81,7 @@ def test_reported_bound_does_not_depend_on_the_training_recipe(tmp_path):
     loaded, graphdef, params, tok, objective, _ = load_run(tmp_path / "recipe")
     assert objective == make_objective(configs.shrink(configs.quickstart()).noise, exp.model.num_tokens)
     mesh = make_mesh(loaded.mesh)
-    bound = evaluate_likelihood(objective, graphdef, params, _eval_batches(loaded, tok, mesh), mesh,
+    bound = evaluate_likelihood(objective, graphdef, params, eval_batches(loaded, tok, mesh), mesh,
                                 time_points=exp.loop.eval_time_points, seed=exp.train.seed)
     assert result["val_loss"] == pytest.approx(bound.nats_per_token, rel=1e-6)
     assert result["losses"][-1] != pytest.approx(result["val_loss"], rel=1e-3)  # trained on another loss
