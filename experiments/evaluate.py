@@ -34,12 +34,12 @@ def main(argv=None):
     mesh = make_mesh(exp.mesh)
     batches = eval_batches(exp, tok, mesh)
     result = evaluate_likelihood(objective, graphdef, params, batches, mesh, time_points=args.time_points,
-                                 seed=exp.train.seed, num_bytes=utf8_bytes(tok, batches))
+                                 seed=exp.train.seed, num_bytes=utf8_bytes(tok, batches), log=print)
     out = {**result.as_dict(), "step": step}
     print(json.dumps(out, indent=2))
     if args.context_times:
         use = context_use(objective, graphdef, params, batches, mesh, times=args.context_times,
-                          seed=exp.train.seed)
+                          seed=exp.train.seed, log=print)
         out["context_use"] = use.as_dict()
         print("\nNLL per corrupted token by noise level t" + (" (AR: exact NLL, the same at every t)" if use.exact else ""))
         print(use.table())

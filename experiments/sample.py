@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 
+from dllm_jax.diffusion import ARObjective
 from dllm_jax.training.loop import Sampler, load_run
 
 MAX_STEPS = 100_000
@@ -31,10 +33,14 @@ def main(argv=None):
                                sample_length=length)
     sampler = Sampler(dataclasses.replace(exp, loop=loop), objective, graphdef)
     print(f"{exp.name} @ step {step}")
-    for k, texts in sampler.texts(params, tok).items():
-        print(f"--- K = {k}")
-        for text in texts:
-            print(repr(text))
+    # AR decodes one token per pass: its "step count" is the length (one entry, as in training).
+    for k in (length,) if isinstance(objective, ARObjective) else loop.sample_steps:
+        t0 = time.perf_counter()
+        print(f"--- K = {k}: sampling {args.num_samples} x {length} tokens ...", flush=True)
+        rows = sampler(params, k)
+        print(f"    done in {time.perf_counter() - t0:.1f}s (compile included)")
+        for row in rows:
+            print(repr(tok.decode(row.tolist())))
 
 
 if __name__ == "__main__":

@@ -76,3 +76,12 @@ def test_generate_takes_numpy_integers_and_refuses_wrapping_seeds(run_dir):
     for seed in (2**32, -1):
         with pytest.raises(ValueError, match=rf"seed must be an integer in \[0, 2\*\*32\) .* got {seed}"):
             generate(graphdef, params, [[5, 6]], length=4, rule=rule, num_steps=4, seed=seed)
+
+
+def test_sample_and_evaluate_print_progress(run_dir, capsys):
+    sample.main([str(run_dir), "--steps", "2", "--num_samples", "1", "--length", "4"])
+    out = capsys.readouterr().out
+    assert "--- K = 2: sampling 1 x 4 tokens ..." in out and "done in" in out
+    evaluate.main([str(run_dir), "--batches", "1", "--time_points", "2", "--context_times", "0.5"])
+    out = capsys.readouterr().out
+    assert "likelihood batches: 1/1" in out and "context-use noise levels: 1/1" in out

@@ -28,6 +28,7 @@ from flax import nnx
 
 from dllm_jax.diffusion.autoregressive import ARObjective, shift_right
 from dllm_jax.diffusion.base import NoiseProcess, Objective, token_nll
+from dllm_jax.progress import Progress
 
 DEFAULT_TIMES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99)
 Z95 = 1.96
@@ -168,6 +169,7 @@ def context_use(
     times: Sequence[float] = DEFAULT_TIMES,
     seed: int = 0,
     context_fn=None,
+    log=None,
 ) -> ContextUse:
     """The NLL per corrupted token of a model at each of ``times``, over ``batches``.
 
@@ -179,6 +181,7 @@ def context_use(
       times: noise levels in (0, 1].
       seed: seeds the per-example corruption noise (the same noise at every t).
       context_fn: a prebuilt ``make_context_fn`` (lets a loop compile once).
+      log: e.g. ``print``: progress lines while it runs (None: silent).
 
     Raises:
       ValueError: an empty or out-of-range time grid, or no batches.
@@ -193,6 +196,7 @@ def context_use(
     exact = isinstance(objective, ARObjective)
     nll, ci, counts = [], [], []
     cached = None
+    progress = Progress("context-use noise levels", len(times), log)
     for t in times:
         if exact and cached is not None:
             value, half, count = cached
@@ -206,6 +210,7 @@ def context_use(
         nll.append(value)
         ci.append(half)
         counts.append(count)
+        progress.update()
     return ContextUse(times, tuple(nll), tuple(ci), tuple(counts),
                       histogram_entropy(batches, objective.num_tokens), exact)
 

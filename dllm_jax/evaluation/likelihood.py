@@ -35,6 +35,7 @@ import numpy as np
 
 from dllm_jax.diffusion.autoregressive import ARObjective
 from dllm_jax.diffusion.base import Objective
+from dllm_jax.progress import Progress
 from dllm_jax.training.step import make_eval_step
 
 LN2 = math.log(2.0)
@@ -160,6 +161,7 @@ def stratified_likelihood(
     exact: bool = False,
     num_bytes: int | None = None,
     seed: int = 0,
+    log=None,
 ) -> LikelihoodResult:
     """The bound of ``eval_fn`` (from ``make_eval_step``) on a stratified time grid.
 
@@ -171,6 +173,7 @@ def stratified_likelihood(
       exact: the objective is exact (AR): one unpermuted pass, CI 0.
       num_bytes: UTF-8 bytes of the text the batches hold (see ``utf8_bytes``).
       seed: seeds the per-stratum row permutations.
+      log: e.g. ``print``: progress lines while it runs (None: silent).
 
     Raises:
       ValueError: ``time_points`` < 1, or no batches.
@@ -179,6 +182,8 @@ def stratified_likelihood(
         raise ValueError(f"time_points must be a positive integer, got {time_points!r}")
     n = 1 if exact else time_points
     sums, counts, rows = np.zeros(n), np.zeros(n), 0
+    batches = list(batches)
+    progress = Progress("likelihood batches", len(batches), log)
     for b, batch in enumerate(batches):
         batch_rows = batch["tokens"].shape[0]
         rows += batch_rows
@@ -192,6 +197,7 @@ def stratified_likelihood(
                 )
             sums[j] += float(loss_sum)
             counts[j] += float(count)
+        progress.update()
     if rows == 0:
         raise ValueError("no batches to evaluate")
     return likelihood_from_sums(sums, counts, rows, exact=exact, num_bytes=num_bytes)
@@ -207,11 +213,13 @@ def evaluate_likelihood(
     time_points: int = 16,
     seed: int = 0,
     num_bytes: int | None = None,
+    log=None,
 ) -> LikelihoodResult:
     """Validation bound (diffusion) or exact NLL (AR) of a model on ``batches``.
 
     Builds the eval step with ``make_eval_step(objective, graphdef, mesh, seed)``; an AR
-    objective is evaluated once (its loss does not depend on t), with CI 0.
+    objective is evaluated once (its loss does not depend on t), with CI 0. ``log`` (e.g.
+    ``print``) gets progress lines.
     """
     eval_fn = make_eval_step(objective, graphdef, mesh, seed=seed)
     return stratified_likelihood(
@@ -222,6 +230,7 @@ def evaluate_likelihood(
         exact=is_exact(objective),
         num_bytes=num_bytes,
         seed=seed,
+        log=log,
     )
 
 
