@@ -29,7 +29,6 @@ from dllm_jax.checkpoint import Checkpointer
 from dllm_jax.config import ExperimentConfig
 from dllm_jax.evaluation.context_use import context_use, plot_context_use
 from dllm_jax.evaluation.likelihood import evaluate_likelihood, utf8_bytes
-from dllm_jax.evaluation.quality import load_judge
 from dllm_jax.evaluation.sweep import (
     ar_records,
     diffusion_records,
@@ -40,7 +39,7 @@ from dllm_jax.evaluation.sweep import (
 from dllm_jax.nn.transformer import count_params
 from dllm_jax.sampling.rules import make_rule
 from dllm_jax.sharding import make_mesh
-from dllm_jax.training.loop import eval_batches, load_run, train
+from dllm_jax.training.loop import eval_batches, load_judge, load_run, train
 from experiments import configs
 from experiments.cli import apply_overrides
 from experiments.sweep_steps import AR_TEMPERATURES, parse_rule, quality_kwargs

@@ -16,10 +16,9 @@ from __future__ import annotations
 import argparse
 
 from dllm_jax.config import special_ids
-from dllm_jax.evaluation.quality import load_judge
 from dllm_jax.evaluation.sweep import ar_records, diffusion_records, matched_entropy, write_records
 from dllm_jax.sampling.rules import make_rule
-from dllm_jax.training.loop import load_run
+from dllm_jax.training.loop import load_judge, load_run
 
 # Wide on purpose: confident rules sample at low entropy, ancestral ones at high entropy.
 AR_TEMPERATURES = [0.3, 0.5, 0.7, 0.85, 1.0, 1.15, 1.3]

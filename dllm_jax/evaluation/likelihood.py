@@ -35,8 +35,8 @@ import numpy as np
 
 from dllm_jax.diffusion.autoregressive import ARObjective
 from dllm_jax.diffusion.base import Objective
+from dllm_jax.evaluation.eval_step import make_eval_step
 from dllm_jax.progress import Progress
-from dllm_jax.training.step import make_eval_step
 
 LN2 = math.log(2.0)
 Z95 = 1.96  # normal 97.5% quantile

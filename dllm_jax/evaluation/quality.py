@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dllm_jax.config import special_ids
 from dllm_jax.diffusion.autoregressive import shift_right
 from dllm_jax.nn.model import apply_model
 
@@ -74,19 +73,6 @@ class Judge:
     bos_id: int
     pad_id: int
     step: int
-
-
-def load_judge(run_dir, step: int | None = None, use_ema: bool = True) -> Judge:
-    """A causal (AR) model from a run directory (``dllm_jax.training.loop.load_run``).
-
-    Compare ``judge.tokenizer.sha256`` with the samples' tokenizer before scoring: a judge
-    reads token ids, so it must share the tokenizer of the model that made the samples.
-    """
-    from dllm_jax.training.loop import load_run  # lazy: loop imports this package
-
-    exp, graphdef, params, tok, _, loaded_step = load_run(run_dir, step=step, use_ema=use_ema)
-    ids = special_ids(exp.model.num_tokens)
-    return Judge(judge_from_model(graphdef, params), tok, tok.eos_id, ids.bos, ids.pad, loaded_step)
 
 
 # ---------------------------------------------------------------------------- masks

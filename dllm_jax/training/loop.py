@@ -19,13 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from dllm_jax.checkpoint import Checkpointer
-from dllm_jax.config import ExperimentConfig
+from dllm_jax.config import ExperimentConfig, special_ids
 from dllm_jax.data.corpus import make_source
 from dllm_jax.data.pipeline import GlobalBatches, PackedSequences
 from dllm_jax.data.tokenizer import Tokenizer
 from dllm_jax.diffusion import ARObjective, make_objective, training_objective
 from dllm_jax.evaluation.context_use import context_use, make_context_fn, model_apply
 from dllm_jax.evaluation.likelihood import stratified_likelihood
+from dllm_jax.evaluation.quality import Judge, judge_from_model
 from dllm_jax.files import read_json, write_atomic
 from dllm_jax.nn.model import apply_model
 from dllm_jax.sampling import ancestral, example_keys, sample
@@ -351,3 +352,14 @@ def load_run(run_dir: str | Path, step: int | None = None, use_ema: bool = True)
     state = restored["state"]
     params = state.ema if (use_ema and state.ema is not None) else state.params
     return exp, graphdef, params, tok, make_objective(exp.noise, exp.model.num_tokens), int(meta["step"])
+
+
+def load_judge(run_dir, step: int | None = None, use_ema: bool = True) -> Judge:
+    """A causal (AR) model from a run directory (``load_run``).
+
+    Compare ``judge.tokenizer.sha256`` with the samples' tokenizer before scoring: a judge
+    reads token ids, so it must share the tokenizer of the model that made the samples.
+    """
+    exp, graphdef, params, tok, _, loaded_step = load_run(run_dir, step=step, use_ema=use_ema)
+    ids = special_ids(exp.model.num_tokens)
+    return Judge(judge_from_model(graphdef, params), tok, tok.eos_id, ids.bos, ids.pad, loaded_step)

@@ -34,9 +34,9 @@ from dllm_jax.evaluation import (
     token_utf8_lengths,
     utf8_bytes,
 )
+from dllm_jax.evaluation.eval_step import make_eval_step
 from dllm_jax.sharding import make_mesh
 from dllm_jax.training.loop import evaluate
-from dllm_jax.training.step import make_eval_step
 
 IDS = special_ids(ref.V)
 MESH = make_mesh(MeshConfig())

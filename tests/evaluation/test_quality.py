@@ -31,7 +31,6 @@ from dllm_jax.evaluation import (
     generative_perplexity,
     judge_from_model,
     judge_nll,
-    load_judge,
     quality_report,
     repetition_rate,
     unigram_entropy,
@@ -39,6 +38,7 @@ from dllm_jax.evaluation import (
 from dllm_jax.nn import apply_model, create_model
 from dllm_jax.nn.model import abstract_model
 from dllm_jax.sharding import make_mesh
+from dllm_jax.training.loop import load_judge
 from dllm_jax.training.state import create_train_state
 
 LN2 = math.log(2.0)
