@@ -13,6 +13,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from dllm_jax.diffusion.base import Objective
+from dllm_jax.rng import example_keys
 
 
 def _apply_fn(graphdef, params):
@@ -27,10 +28,6 @@ def _apply_fn(graphdef, params):
     return apply
 
 
-def _example_keys(key, index_B):
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(index_B.astype(jnp.uint32))
-
-
 def batch_loss(objective: Objective, graphdef, params, batch, key, u_offset, progress=0.0):
     """(sum of per-token losses, normaliser) for one batch: the loss is their ratio.
 
@@ -40,7 +37,7 @@ def batch_loss(objective: Objective, graphdef, params, batch, key, u_offset, pro
     corrupted tokens scored (``Objective.loss_sums``).
     """
     tokens_BL, mask_BL = batch["tokens"], batch["loss_mask"]
-    keys_B = _example_keys(key, batch["index"])
+    keys_B = example_keys(key, batch["index"])
     u_B = (jnp.arange(tokens_BL.shape[0]) + u_offset) / tokens_BL.shape[0]
     return objective.loss_sums(_apply_fn(graphdef, params), keys_B, tokens_BL, mask_BL, u_B, progress)
 

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dllm_jax.rng import example_keys  # noqa: F401 (re-exported)
 from dllm_jax.sampling.draws import position_keys, prior_keys
 
 Denoise = Callable[[jax.Array, jax.Array], jax.Array]
@@ -50,12 +51,6 @@ class StepRule(abc.ABC):
 def time_grid(num_steps: int):
     """K + 1 times from 1 down to 0, evenly spaced."""
     return jnp.linspace(1.0, 0.0, num_steps + 1)
-
-
-def example_keys(seed: int, index_B):
-    """One key per example from (seed, global example index)."""
-    base = jax.random.key(seed)
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(index_B, jnp.uint32))
 
 
 def check_num_steps(num_steps) -> int:

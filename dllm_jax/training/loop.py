@@ -25,7 +25,7 @@ from dllm_jax.data.pipeline import GlobalBatches, PackedSequences
 from dllm_jax.data.tokenizer import Tokenizer
 from dllm_jax.diffusion import ARObjective, make_objective, training_objective
 from dllm_jax.evaluation.context_use import context_use, make_context_fn, model_apply
-from dllm_jax.evaluation.likelihood import stratified_likelihood
+from dllm_jax.evaluation.likelihood import LN2, stratified_likelihood
 from dllm_jax.evaluation.quality import Judge, judge_from_model
 from dllm_jax.files import read_json, write_atomic
 from dllm_jax.nn.model import apply_model
@@ -36,7 +36,6 @@ from dllm_jax.training.metrics_log import MetricsLogger
 from dllm_jax.training.state import create_train_state
 from dllm_jax.training.step import jit_train_step, make_eval_step, make_train_step
 
-LN2 = math.log(2.0)
 # Fields that must match to resume: everything that shapes the state or the data stream.
 # The mesh may change: checkpoints restore into whatever sharding the new mesh gives.
 _RESUME_KEYS = ("model", "noise", "data")

@@ -8,7 +8,6 @@ over the global batch with one offset per step — never the device or host coun
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -18,10 +17,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from dllm_jax.config import TrainConfig
 from dllm_jax.diffusion.base import Objective
 from dllm_jax.evaluation.eval_step import batch_loss, make_eval_step  # noqa: F401 (re-exported)
+from dllm_jax.evaluation.likelihood import LN2
 from dllm_jax.sharding import batch_sharding
 from dllm_jax.training.state import TrainState, state_shardings
-
-LN2 = math.log(2.0)
 
 
 def make_train_step(objective: Objective, graphdef, tx: optax.GradientTransformation, config: TrainConfig):
