@@ -4,7 +4,8 @@ Axis letters (suffixes of variable names, e.g. ``logits_BLV``):
 
   B  batch (examples)             L  sequence length (positions)
   S  key/value length (attention) D  model width (d_model)
-  H  attention heads              K  head dimension, or denoising steps in the sampler
+  H  attention heads              Dh head dimension
+  K  denoising steps (sampler)
   F  MLP hidden width             V  vocabulary (model logits over ordinary tokens)
   N  number of layers             T  time-grid points
 
@@ -25,7 +26,7 @@ PyTree = Any
 Key = PRNGKeyArray
 
 Tokens = Int[Array, "B L"]
-Logits = Float[Array, "B L V"]
+TokenLogits = Float[Array, "B L V"]
 Times = Float[Array, "B"]
 LossMask = Bool[Array, "B L"]
 Hidden = Float[Array, "B L D"]
@@ -37,7 +38,7 @@ __all__ = [
     "Hidden",
     "Int",
     "Key",
-    "Logits",
+    "TokenLogits",
     "LossMask",
     "PyTree",
     "Times",

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from dllm_jax.diffusion.schedules import Schedule
+from dllm_jax.typing import Key, LossMask, Times, Tokens
 
 ApplyFn = Callable[[jax.Array, jax.Array | None], jax.Array]  # (tokens_BL, t_B) -> logits_BLV
 
@@ -40,7 +41,8 @@ class Objective(abc.ABC):
           u_B: stratified uniforms in [0, 1) that set each example's time.
         """
 
-    def loss_sums(self, apply_fn: ApplyFn, keys_B, tokens_BL, loss_mask_BL, u_B, progress=0.0):
+    def loss_sums(self, apply_fn: ApplyFn, keys_B: Key, tokens_BL: Tokens, loss_mask_BL: LossMask, u_B: Times,
+                  progress=0.0):
         """(sum of per-token losses, number of loss tokens): the batch loss is their ratio.
 
         ``progress`` (step / total steps, in [0, 1]) lets a training recipe follow a

@@ -62,13 +62,13 @@ class Attention(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x_BLD, mask_LS, positions_BL, sin, cos):
-        q_BLHK = apply_rotary(self.q(x_BLD), positions_BL, sin, cos)
-        k_BLHK = apply_rotary(self.k(x_BLD), positions_BL, sin, cos)
-        v_BLHK = self.v(x_BLD)
-        q_BLHK = constrain(q_BLHK, "batch", "length", "act_heads", None)
+        q_BLHDh = apply_rotary(self.q(x_BLD), positions_BL, sin, cos)
+        k_BLHDh = apply_rotary(self.k(x_BLD), positions_BL, sin, cos)
+        v_BLHDh = self.v(x_BLD)
+        q_BLHDh = constrain(q_BLHDh, "batch", "length", "act_heads", None)
         bias = self._bias(positions_BL, positions_BL)
-        out_BLHK = attend(q_BLHK, k_BLHK, v_BLHK, mask_LS, bias)
-        return self.o(out_BLHK)
+        out_BLHDh = attend(q_BLHDh, k_BLHDh, v_BLHDh, mask_LS, bias)
+        return self.o(out_BLHDh)
 
     def _bias(self, q_pos_BL, k_pos_BS):
         """ALiBi's distance penalty -m_h |i - j| (B, H, L, S), or None when off."""
@@ -92,12 +92,12 @@ class Attention(nnx.Module):
         k_B1HK = apply_rotary(self.k(x_B1D), positions_B1, sin, cos)
         v_B1HK = self.v(x_B1D)
         start = (0, position, 0, 0)
-        k_BSHK = jax.lax.dynamic_update_slice(cache.k, k_B1HK.astype(cache.k.dtype), start)
-        v_BSHK = jax.lax.dynamic_update_slice(cache.v, v_B1HK.astype(cache.v.dtype), start)
-        mask_1S = (jnp.arange(k_BSHK.shape[1]) <= position)[None, :]
-        k_pos_BS = jnp.broadcast_to(jnp.arange(k_BSHK.shape[1]), k_BSHK.shape[:2])
-        out_B1HK = attend(q_B1HK, k_BSHK, v_BSHK, mask_1S, self._bias(positions_B1, k_pos_BS))
-        return self.o(out_B1HK), KVCache(k_BSHK, v_BSHK)
+        k_BSHDh = jax.lax.dynamic_update_slice(cache.k, k_B1HK.astype(cache.k.dtype), start)
+        v_BSHDh = jax.lax.dynamic_update_slice(cache.v, v_B1HK.astype(cache.v.dtype), start)
+        mask_1S = (jnp.arange(k_BSHDh.shape[1]) <= position)[None, :]
+        k_pos_BS = jnp.broadcast_to(jnp.arange(k_BSHDh.shape[1]), k_BSHDh.shape[:2])
+        out_B1HK = attend(q_B1HK, k_BSHDh, v_BSHDh, mask_1S, self._bias(positions_B1, k_pos_BS))
+        return self.o(out_B1HK), KVCache(k_BSHDh, v_BSHDh)
 
     def chunk(self, x_BCD, start, cache: KVCache, mask_BCS, sin, cos):
         """A chunk of C positions from ``start`` against this layer's cache.
@@ -108,15 +108,15 @@ class Attention(nnx.Module):
         """
         B, C, _ = x_BCD.shape
         positions_BC = jnp.broadcast_to(start + jnp.arange(C), (B, C))
-        q_BCHK = apply_rotary(self.q(x_BCD), positions_BC, sin, cos)
-        k_BCHK = apply_rotary(self.k(x_BCD), positions_BC, sin, cos)
-        v_BCHK = self.v(x_BCD)
+        q_BCHDh = apply_rotary(self.q(x_BCD), positions_BC, sin, cos)
+        k_BCHDh = apply_rotary(self.k(x_BCD), positions_BC, sin, cos)
+        v_BCHDh = self.v(x_BCD)
         at = (0, start, 0, 0)
-        k_BSHK = jax.lax.dynamic_update_slice(cache.k, k_BCHK.astype(cache.k.dtype), at)
-        v_BSHK = jax.lax.dynamic_update_slice(cache.v, v_BCHK.astype(cache.v.dtype), at)
-        k_pos_BS = jnp.broadcast_to(jnp.arange(k_BSHK.shape[1]), k_BSHK.shape[:2])
-        out_BCHK = attend(q_BCHK, k_BSHK, v_BSHK, mask_BCS[:, None], self._bias(positions_BC, k_pos_BS))
-        return self.o(out_BCHK), KVCache(k_BSHK, v_BSHK)
+        k_BSHDh = jax.lax.dynamic_update_slice(cache.k, k_BCHDh.astype(cache.k.dtype), at)
+        v_BSHDh = jax.lax.dynamic_update_slice(cache.v, v_BCHDh.astype(cache.v.dtype), at)
+        k_pos_BS = jnp.broadcast_to(jnp.arange(k_BSHDh.shape[1]), k_BSHDh.shape[:2])
+        out_BCHDh = attend(q_BCHDh, k_BSHDh, v_BSHDh, mask_BCS[:, None], self._bias(positions_BC, k_pos_BS))
+        return self.o(out_BCHDh), KVCache(k_BSHDh, v_BSHDh)
 
 
 def structural_mask(kind: str, q_pos_L, kv_pos_S, block_size: int = 1):
@@ -146,17 +146,17 @@ def alibi_bias(num_heads: int, q_pos_BL, k_pos_BS):
     return -jnp.asarray(alibi_slopes(num_heads), jnp.float32)[None, :, None, None] * dist_BLS[:, None]
 
 
-def attend(q_BLHK, k_BSHK, v_BSHK, mask_LS, bias_BHLS=None):
+def attend(q_BLHDh, k_BSHDh, v_BSHDh, mask_LS, bias_BHLS=None):
     """Scaled dot-product attention with a boolean mask (and an optional additive bias),
     logits and softmax in float32."""
-    scale = q_BLHK.shape[-1] ** -0.5
-    logits_BHLS = jnp.einsum("blhk,bshk->bhls", q_BLHK, k_BSHK, preferred_element_type=jnp.float32)
+    scale = q_BLHDh.shape[-1] ** -0.5
+    logits_BHLS = jnp.einsum("blhk,bshk->bhls", q_BLHDh, k_BSHDh, preferred_element_type=jnp.float32)
     logits_BHLS = logits_BHLS * scale
     if bias_BHLS is not None:
         logits_BHLS = logits_BHLS + bias_BHLS
     logits_BHLS = jnp.where(mask_LS, logits_BHLS, jnp.finfo(jnp.float32).min)
-    probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(v_BSHK.dtype)
-    return jnp.einsum("bhls,bshk->blhk", probs_BHLS, v_BSHK)
+    probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(v_BSHDh.dtype)
+    return jnp.einsum("bhls,bshk->blhk", probs_BHLS, v_BSHDh)
 
 
 class _OutProj(nnx.Module):
@@ -168,5 +168,5 @@ class _OutProj(nnx.Module):
         )
         self.dtype = dtype
 
-    def __call__(self, x_BLHK):
-        return jnp.einsum("blhk,hkd->bld", x_BLHK.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    def __call__(self, x_BLHDh):
+        return jnp.einsum("blhk,hkd->bld", x_BLHDh.astype(self.dtype), self.kernel[...].astype(self.dtype))

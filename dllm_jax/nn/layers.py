@@ -97,14 +97,14 @@ def rotary_tables(max_len: int, head_dim: int, theta: float):
     return jnp.sin(angles_LK), jnp.cos(angles_LK)
 
 
-def apply_rotary(x_BLHK, positions_BL, sin_PK, cos_PK):
+def apply_rotary(x_BLHDh, positions_BL, sin_PK, cos_PK):
     """Rotate pairs (first half, second half) of the head dim by position (RoPE)."""
     sin = sin_PK[positions_BL][:, :, None, :]
     cos = cos_PK[positions_BL][:, :, None, :]
-    x32 = x_BLHK.astype(jnp.float32)
+    x32 = x_BLHDh.astype(jnp.float32)
     a, b = jnp.split(x32, 2, axis=-1)
     out = jnp.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
-    return out.astype(x_BLHK.dtype)
+    return out.astype(x_BLHDh.dtype)
 
 
 def timestep_embedding(t_B, dim: int, max_period: float = 10_000.0):

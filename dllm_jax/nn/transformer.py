@@ -18,6 +18,7 @@ from dllm_jax.config import ModelConfig
 from dllm_jax.nn.attention import Attention, KVCache, attention_mask, structural_mask
 from dllm_jax.nn.layers import Embed, Linear, RMSNorm, SwiGLU, rotary_tables, timestep_embedding
 from dllm_jax.sharding import constrain
+from dllm_jax.typing import Times, TokenLogits, Tokens
 
 _LAYERS = {nnx.PARTITION_NAME: "layers"}
 
@@ -107,7 +108,8 @@ class Transformer(nnx.Module):
             self.time_out = Linear(c, (c,), (None, "cond"), rngs=rngs)
             self.final_modulation = Linear(c, (2, config.d_model), ("cond", None, "embed"), rngs=rngs, zero_init=True)
 
-    def __call__(self, tokens_BL, t_B=None, positions_BL=None, causal_B=None):
+    def __call__(self, tokens_BL: Tokens, t_B: Times | None = None, positions_BL=None,
+                 causal_B=None) -> TokenLogits:
         """Logits (B, L, num_tokens); ``causal_B`` (bool, per row) switches rows to a causal mask.
 
         ``causal_B`` lets one forward pass serve a mixed batch (AR rows beside diffusion rows,
