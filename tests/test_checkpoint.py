@@ -25,8 +25,8 @@ from dllm_jax.checkpoint import (
     Checkpointer,
     CorruptCheckpointError,
     IncompleteCheckpointWarning,
-    _leaf_hash,
 )
+from dllm_jax.checkpoint.integrity import leaf_hash
 from dllm_jax.config import MeshConfig, ModelConfig
 from dllm_jax.nn import create_model
 from dllm_jax.sharding import make_mesh
@@ -362,15 +362,15 @@ def test_async_save(tmp_path):
 
 def test_fingerprint_sees_moved_and_flipped_elements():
     x = jax.random.normal(jax.random.key(0), (8, 16))
-    h = int(_leaf_hash(x))
+    h = int(leaf_hash(x))
     swapped = x.at[0, 0].set(x[0, 1]).at[0, 1].set(x[0, 0])
     flipped = jax.lax.bitcast_convert_type(
         jax.lax.bitcast_convert_type(x, jnp.uint32).at[3, 7].add(1), jnp.float32
     )
-    assert int(_leaf_hash(swapped)) != h
-    assert int(_leaf_hash(flipped)) != h
-    assert int(_leaf_hash(x + 0.0)) == h
-    assert int(_leaf_hash(x.astype(jnp.bfloat16))) != int(_leaf_hash(x.astype(jnp.bfloat16) + 1))
+    assert int(leaf_hash(swapped)) != h
+    assert int(leaf_hash(flipped)) != h
+    assert int(leaf_hash(x + 0.0)) == h
+    assert int(leaf_hash(x.astype(jnp.bfloat16))) != int(leaf_hash(x.astype(jnp.bfloat16) + 1))
 
 
 def test_relative_directory_works(tmp_path, monkeypatch):

@@ -1,27 +1,4 @@
-"""One small wrapper over orbax-checkpoint: any pytree with its shardings, plus JSON metadata.
-
-Generic by design: it saves whatever pytree it is given (train state, EMA, data-iterator
-position, ...) and knows nothing of what is in it. Restore goes straight into the shardings
-of a target tree, also onto a mesh of another shape than at save time.
-
-A step directory (orbax's layout, plus one file of ours)::
-
-    <directory>/<step>/state/...              the pytree (orbax StandardSave, OCDBT)
-    <directory>/<step>/meta/metadata          JSON: caller's metadata + per-leaf fingerprints
-    <directory>/<step>/metrics/metrics        JSON metrics (only with ``best_metric``)
-    <directory>/<step>/commit_success.txt     orbax's commit marker
-    <directory>/<step>/dllm_manifest.json     every file's size, written after the commit
-
-Completeness. orbax 0.12 writes a step into ``<step>.orbax-checkpoint-tmp``, writes
-``commit_success.txt`` into it, then renames it to ``<step>`` (on GCS it writes the marker
-in place, without a rename). A step counts as complete when its directory has its final
-name, the commit marker and, where the manifest exists, every file at its recorded size
-(a partial copy, a truncated file). Damage these cheap checks cannot see is caught on
-restore: tensorstore raises, or the fingerprint of a restored leaf differs from the one
-stored at save time. ``restore()`` with no step then warns, naming the bad step and why, and
-falls back to the previous complete one; with an explicit step it raises
-``CorruptCheckpointError``.
-"""
+"""The ``Checkpointer`` class (see the package docstring for the layout and completeness)."""
 
 from __future__ import annotations
 
@@ -33,11 +10,12 @@ import warnings
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
+
+from dllm_jax.checkpoint.integrity import abstract_leaf, check_target, describe
 
 FORMAT = 1
 MANIFEST = "dllm_manifest.json"
@@ -61,90 +39,6 @@ class _UnrecoverableError(CorruptCheckpointError):
 
 _NO_SUCH_STEP = "no such step"
 DAMAGED_SUFFIX = ".damaged"  # a damaged step set aside by a new save of the same step
-
-
-# --- fingerprints: a positional hash of every array leaf, independent of the sharding ----
-
-
-def _fmix32(h):
-    """MurmurHash3's 32-bit finaliser (uint32 arithmetic wraps)."""
-    h = h ^ (h >> 16)
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = h * np.uint32(0xC2B2AE35)
-    return h ^ (h >> 16)
-
-
-def _bits(dtype) -> int:
-    dtype = jnp.dtype(dtype)
-    if dtype == jnp.bool_:
-        return 8
-    if jnp.issubdtype(dtype, jnp.integer):
-        return jnp.iinfo(dtype).bits
-    if jnp.issubdtype(dtype, jnp.inexact):
-        return jnp.finfo(dtype).bits
-    return 0
-
-
-def _hashable(x) -> bool:
-    return isinstance(x, jax.Array | np.ndarray | np.generic) and _bits(x.dtype) in (8, 16, 32, 64)
-
-
-def _leaf_hash(x):
-    """Sum over elements of fmix32(bits ^ f(flat index)): exact in uint32, so the same on
-    any mesh, and a moved, truncated or flipped element changes it."""
-    if jnp.iscomplexobj(x):
-        x = jnp.stack([x.real, x.imag], axis=-1)
-    if x.dtype == jnp.bool_:
-        u = x.astype(jnp.uint32)
-    elif x.dtype.itemsize < 4:
-        u = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}"))
-        u = u.astype(jnp.uint32)
-    else:
-        u = jax.lax.bitcast_convert_type(x, jnp.uint32)  # 64-bit: a trailing axis of 2
-    index, stride = jnp.zeros(u.shape, jnp.uint32), 1
-    for axis in reversed(range(u.ndim)):
-        iota = jax.lax.broadcasted_iota(jnp.uint32, u.shape, axis)
-        index = index + iota * np.uint32(stride % 2**32)
-        stride *= u.shape[axis]
-    h = _fmix32(u ^ (index * np.uint32(0x9E3779B9) + np.uint32(0x7F4A7C15)))
-    return jnp.sum(h, dtype=jnp.uint32)
-
-
-def _host_u32(x):
-    """Host arrays of 8/16-byte elements as uint32 words (what the device path would see;
-    with x64 disabled ``jnp.asarray`` would otherwise truncate them)."""
-    if isinstance(x, np.ndarray | np.generic) and x.dtype.itemsize > 4:
-        x = np.ascontiguousarray(x)
-        return x.view(np.uint32).reshape(*x.shape, x.dtype.itemsize // 4)
-    return x
-
-
-@jax.jit
-def _leaf_hashes(leaves):
-    return [_leaf_hash(jnp.asarray(x)) for x in leaves]
-
-
-def _describe(tree) -> dict[str, dict]:
-    """{leaf path: {shape, dtype, hash}} for every leaf (hash None where not hashable)."""
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    keyed = {jax.tree_util.keystr(path): leaf for path, leaf in flat}
-    hashable = {k: _host_u32(v) for k, v in keyed.items() if _hashable(v)}
-    hashes = jax.device_get(_leaf_hashes(list(hashable.values())))
-    hashes = dict(zip(hashable, hashes, strict=True))
-    out = {}
-    for key, leaf in keyed.items():
-        shape = list(np.shape(leaf))
-        dtype = str(leaf.dtype) if hasattr(leaf, "dtype") else type(leaf).__name__
-        h = int(hashes[key]) if key in hashes else None
-        out[key] = {"shape": shape, "dtype": dtype, "hash": h}
-    return out
-
-
-def _abstract(x):
-    if isinstance(x, jax.Array):
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-    return x
 
 
 class Checkpointer:
@@ -346,7 +240,7 @@ class Checkpointer:
             and self._best_metric not in metrics
         ):
             raise ValueError(f"metrics {sorted(metrics)} lack best_metric {self._best_metric!r}")
-        meta = {"format": FORMAT, "metadata": metadata, "leaves": _describe(tree)}
+        meta = {"format": FORMAT, "metadata": metadata, "leaves": describe(tree)}
         try:
             json.dumps(meta)
             json.dumps(metrics)
@@ -422,7 +316,7 @@ class Checkpointer:
     def _restore_step(self, step: int, abstract) -> tuple[Any, dict]:
         """Restore one step; CorruptCheckpointError for damage, ValueError for a wrong target."""
         meta = self._read_meta(step)
-        _check_target(step, abstract, meta["leaves"])
+        check_target(step, abstract, meta["leaves"])
         try:
             args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
             tree = self._manager.restore(step, args=args)["state"]
@@ -431,7 +325,7 @@ class Checkpointer:
             # processes they may now be out of step, so no fallback is attempted.
             kind = _UnrecoverableError if jax.process_count() > 1 else CorruptCheckpointError
             raise kind(f"arrays unreadable ({_short(e)})") from e
-        got = _describe(tree)  # global reductions: the same on every process
+        got = describe(tree)  # global reductions: the same on every process
         bad = [
             k
             for k, want in meta["leaves"].items()
@@ -462,7 +356,7 @@ class Checkpointer:
         """
         self._flush()
         self._require_checkpoints()
-        abstract = jax.tree.map(_abstract, target)
+        abstract = jax.tree.map(abstract_leaf, target)
         if step is not None:
             return self._restore_explicit(operator.index(step), abstract)
         scan = self._scan()
@@ -552,24 +446,6 @@ def _primary_steps(steps: list[int]) -> list[int]:
     n = int(multihost_utils.broadcast_one_to_all(np.int32(len(steps))))
     mine = np.asarray(steps if len(steps) == n else [0] * n, np.int32)
     return [int(s) for s in multihost_utils.broadcast_one_to_all(mine)]
-
-
-def _check_target(step: int, abstract, saved: dict[str, dict]):
-    flat = jax.tree_util.tree_flatten_with_path(abstract)[0]
-    want = {jax.tree_util.keystr(p): list(np.shape(x)) for p, x in flat}
-    missing, extra = sorted(set(saved) - set(want)), sorted(set(want) - set(saved))
-    if missing or extra:
-        raise ValueError(
-            f"target does not match checkpoint step {step}: leaves only in the checkpoint "
-            f"{missing[:5]}, only in the target {extra[:5]}"
-        )
-    shapes = [
-        f"{k}: saved {saved[k]['shape']}, target {s}"
-        for k, s in want.items()
-        if saved[k]["shape"] != s
-    ]
-    if shapes:
-        raise ValueError(f"target shapes differ from checkpoint step {step}: {shapes[:5]}")
 
 
 def _short(e: Exception) -> str:
