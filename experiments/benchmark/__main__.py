@@ -1,0 +1,6 @@
+"""``python -m experiments.benchmark``: see the package docstring."""
+
+from . import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Training: train-step throughput on synthetic tokens."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from dllm_jax.config import MeshConfig, NoiseConfig, TrainConfig
+from dllm_jax.diffusion import make_objective
+from dllm_jax.nn.model import abstract_model
+from dllm_jax.nn.transformer import count_params
+from dllm_jax.sharding import make_mesh
+from dllm_jax.training import TrainState, jit_train_step, make_optimizer, make_train_step
+
+from .cost import compile_timed, median_time
+from .sampling import random_params
+from .setup import Setup
+
+# ---- training -------------------------------------------------------------------------
+
+
+def training(setup: Setup) -> dict:
+    """Train-step throughput on synthetic tokens (``finalize`` adds the MFU)."""
+    cfg, batch, seq = setup.train_model, setup.train_batch, setup.train_seq
+    train = TrainConfig(batch_size=batch, seq_len=seq, steps=1000, warmup_steps=0)
+    mesh = make_mesh(MeshConfig())
+    graphdef, params = random_params(cfg, mesh)
+    tx = make_optimizer(train, abstract_model(cfg)[1])
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=jax.jit(tx.init)(params)
+    )
+    step = jit_train_step(
+        make_train_step(make_objective(NoiseConfig(), cfg.num_tokens), graphdef, tx, train),
+        state,
+        mesh,
+    )
+    tokens = jax.random.randint(jax.random.key(0), (batch, seq), 0, cfg.num_tokens, jnp.int32)
+    data = {"tokens": tokens, "loss_mask": jnp.ones((batch, seq), bool), "index": jnp.arange(batch)}
+    with jax.set_mesh(mesh):
+        compiled, compile_s = compile_timed(
+            step.jitted, state, data, options=setup.compiler_options
+        )
+        holder = [state]
+
+        def run():
+            holder[0], metrics = compiled(holder[0], data)
+            return metrics
+
+        step_s, _ = median_time(run, setup.warmup, setup.train_steps, setup.time_budget_s)
+    n_mm = count_params(state.params) - cfg.vocab_size * cfg.d_model
+    flops_per_token = 6.0 * n_mm + 12.0 * cfg.num_layers * cfg.d_model * seq
+    tokens_per_s = batch * seq / step_s
+    return dict(
+        model=dataclasses.asdict(cfg),
+        params=count_params(state.params),
+        matmul_params=n_mm,
+        batch=batch,
+        seq_len=seq,
+        compile_s=compile_s,
+        step_s=step_s,
+        tokens_per_s=tokens_per_s,
+        flops_per_token=flops_per_token,
+        formula="(6 * matmul params + 12 * layers * d_model * seq_len) * tokens/s / matmul peak",
+    )
