@@ -34,44 +34,56 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# The runs that tell the story, plotted alone beside the all-runs figure (which is crowded).
+KEY_VARIANTS = ("ar", "ar_batch4_lr_3e-3_wd_0.1", "base", "logitnormal", "shift", "shift_ar_anneal_1_0",
+                "best3", "best5", "best5_wd_0.1", "uniform_base", "uniform_flat", "uniform_best5_flat")
+
+
 def plot(records: list[dict], out: Path) -> list[Path]:
-    """Bound vs tokens, NLL@0.1 vs tokens, and the final context-use curves, per budget."""
+    """Bound vs tokens, NLL@0.1 vs tokens, and the final context-use curves, per budget:
+    ``curves_x{budget}.png`` (every run) and ``curves_x{budget}_key.png`` (``KEY_VARIANTS``)."""
+    paths = []
+    for budget in sorted({r["budget"] for r in records}):
+        rows = [r for r in records if r["budget"] == budget]
+        paths.append(_plot(rows, out / f"curves_x{budget}.png", budget))
+        key = [r for r in rows if r["variant"] in KEY_VARIANTS]
+        if key and len(key) < len(rows):
+            paths.append(_plot(key, out / f"curves_x{budget}_key.png", budget))
+    return paths
+
+
+def _plot(rows: list[dict], path: Path, budget: int) -> Path:
     import matplotlib  # optional dependency (the [notebooks]/[test] extras)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
-    for budget in sorted({r["budget"] for r in records}):
-        rows = [r for r in records if r["budget"] == budget]
-        fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
-        for r in sorted(rows, key=lambda r: r["val_loss"]):
-            c = r["curves"]
-            tokens = [s * r["batch_size"] * 128 / 1e6 for s in c["step"]]
-            style = dict(lw=2.5, color="k") if r["process"] == "ar" else dict(lw=1)
-            axes[0].plot(tokens, c["val_loss"], label=r["variant"], **style)
-            if r["process"] != "ar":
-                axes[1].plot(tokens, c["nll_t0.10"], label=r["variant"], **style)
-                ts = [float(t) for t in r["context"]]
-                axes[2].plot(ts, list(r["context"].values()), marker=".", label=r["variant"], **style)
-            else:
-                axes[2].axhline(r["val_loss"], color="k", lw=2.5, ls="--", label="AR exact NLL")
-        unigram = rows[0]["unigram_entropy"]
-        for ax in axes[1:]:
-            ax.axhline(unigram, color="grey", ls=":", label="unigram entropy")
-        axes[0].set(xlabel="training tokens (M)", ylabel="validation nats/token (bound; AR exact)",
-                    title=f"bound vs tokens ({budget}x budget)")
-        axes[1].set(xlabel="training tokens (M)", ylabel="NLL per masked token at t=0.1",
-                    title="context use at t = 0.1")
-        axes[2].set(xlabel="t (mask rate)", ylabel="NLL per corrupted token (nats)",
-                    title="context use at the end of training")
-        axes[2].legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        path = out / f"curves_x{budget}.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+    for r in sorted(rows, key=lambda r: r["val_loss"]):
+        c = r["curves"]
+        tokens = [s * r["batch_size"] * 128 / 1e6 for s in c["step"]]
+        style = dict(lw=2.5, color="k") if r["process"] == "ar" else dict(lw=1)
+        axes[0].plot(tokens, c["val_loss"], label=r["variant"], **style)
+        if r["process"] != "ar":
+            axes[1].plot(tokens, c["nll_t0.10"], label=r["variant"], **style)
+            ts = [float(t) for t in r["context"]]
+            axes[2].plot(ts, list(r["context"].values()), marker=".", label=r["variant"], **style)
+        else:
+            axes[2].axhline(r["val_loss"], color="k", lw=2.5, ls="--", label="AR exact NLL")
+    unigram = rows[0]["unigram_entropy"]
+    for ax in axes[1:]:
+        ax.axhline(unigram, color="grey", ls=":", label="unigram entropy")
+    axes[0].set(xlabel="training tokens (M)", ylabel="validation nats/token (bound; AR exact)",
+                title=f"bound vs tokens ({budget}x budget)")
+    axes[1].set(xlabel="training tokens (M)", ylabel="NLL per masked token at t=0.1",
+                title="context use at t = 0.1")
+    axes[2].set(xlabel="t (mask rate)", ylabel="NLL per corrupted token (nats)",
+                title="context use at the end of training")
+    axes[2].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def write_report(records: list[dict], out: Path, known: set[str] | None = None) -> None:
