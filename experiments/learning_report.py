@@ -35,7 +35,7 @@ def table(records: list[dict]) -> str:
 
 
 # The runs that tell the story, plotted alone beside the all-runs figure (which is crowded).
-KEY_VARIANTS = ("ar", "ar_batch4_lr_3e-3_wd_0.1", "base", "logitnormal", "shift", "shift_ar_anneal_1_0",
+KEY_VARIANTS = ("ar", "ar_batch4_lr_3e-3_wd_0.1_alibi", "base", "logitnormal", "shift", "shift_ar_anneal_1_0",
                 "best3", "best5", "best5_wd_0.1", "uniform_base", "uniform_flat", "uniform_best5_flat")
 
 

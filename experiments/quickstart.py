@@ -36,6 +36,11 @@ def main(argv=None):
         kind = "<= " if process != "ar" else "   "
         print(f"  {process:8s} {r['val_loss']:10.4f} {r['val_bits_per_token']:10.4f} {kind}{r['val_ppl']:7.2f}")
     print("  (diffusion: ELBO bound on a stratified time grid; AR: exact likelihood)")
+    masked = results["masked"]
+    if "context_use" in masked:
+        print(f"\n=== context use of the masked model: NLL per masked token by mask rate t "
+              f"(the AR model's exact NLL: {results['ar']['val_loss']:.3f})")
+        print(textwrap.indent(masked["context_use"].table(), "  "))
     print("\n=== samples from the masked diffusion model")
     for k, texts in results["masked"]["samples"].items():
         print(f"--- K = {k} steps")
