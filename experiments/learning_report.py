@@ -59,17 +59,18 @@ def _plot(rows: list[dict], path: Path, budget: int) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+    ar_styles = iter(["-", "--", ":", "-."] * 10)
     for r in sorted(rows, key=lambda r: r["val_loss"]):
         c = r["curves"]
         tokens = [s * r["batch_size"] * 128 / 1e6 for s in c["step"]]
-        style = dict(lw=2.5, color="k") if r["process"] == "ar" else dict(lw=1)
+        style = dict(lw=2.5, color="k", ls=next(ar_styles)) if r["process"] == "ar" else dict(lw=1)
         axes[0].plot(tokens, c["val_loss"], label=r["variant"], **style)
         if r["process"] != "ar":
             axes[1].plot(tokens, c["nll_t0.10"], label=r["variant"], **style)
             ts = [float(t) for t in r["context"]]
             axes[2].plot(ts, list(r["context"].values()), marker=".", label=r["variant"], **style)
         else:
-            axes[2].axhline(r["val_loss"], color="k", lw=2.5, ls="--", label="AR exact NLL")
+            axes[2].axhline(r["val_loss"], lw=2.5, color="k", ls=style["ls"], label=f"{r['variant']} (AR exact NLL)")
     unigram = rows[0]["unigram_entropy"]
     for ax in axes[1:]:
         ax.axhline(unigram, color="grey", ls=":", label="unigram entropy")
