@@ -98,8 +98,9 @@ def logical_axes(variable: nnx.Variable) -> tuple[str | None, ...]:
     return tuple(axes)
 
 
-def state_shardings(state, mesh: Mesh):
-    """NamedShardings for every leaf of an ``nnx.State`` (abstract or concrete)."""
+def logical_shardings(state, mesh: Mesh):
+    """NamedShardings for every leaf of an ``nnx.State`` (abstract or concrete), from the
+    logical axes its variables declare (the placement a model *should* have on ``mesh``)."""
 
     def one(v):
         if isinstance(v, nnx.Variable):

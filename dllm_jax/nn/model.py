@@ -10,7 +10,7 @@ from jax.sharding import Mesh
 
 from dllm_jax.config import ModelConfig
 from dllm_jax.nn.transformer import Transformer
-from dllm_jax.sharding import state_shardings
+from dllm_jax.sharding import logical_shardings
 
 
 def abstract_model(config: ModelConfig):
@@ -20,7 +20,7 @@ def abstract_model(config: ModelConfig):
 
 def param_shardings(config: ModelConfig, mesh: Mesh):
     """NamedShardings of the parameter state, from each parameter's logical axes."""
-    return state_shardings(abstract_model(config)[1], mesh)
+    return logical_shardings(abstract_model(config)[1], mesh)
 
 
 def create_model(config: ModelConfig, mesh: Mesh, seed: int = 0):

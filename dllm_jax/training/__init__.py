@@ -1,7 +1,7 @@
 """Train state, optimizer, pure train/eval steps."""
 
 from dllm_jax.training.optimizer import learning_rate, make_optimizer
-from dllm_jax.training.state import TrainState, create_train_state, state_shardings
+from dllm_jax.training.state import TrainState, create_train_state, train_state_shardings
 from dllm_jax.training.step import batch_loss, jit_train_step, make_eval_step, make_train_step
 
 __all__ = [
@@ -13,5 +13,5 @@ __all__ = [
     "make_eval_step",
     "make_optimizer",
     "make_train_step",
-    "state_shardings",
+    "train_state_shardings",
 ]

@@ -49,6 +49,6 @@ def create_train_state(model: ModelConfig, train: TrainConfig, mesh: Mesh):
     return graphdef, TrainState(step=step, params=params, opt_state=opt_state, ema=ema), tx
 
 
-def state_shardings(state: TrainState):
-    """The concrete sharding of every leaf (used as the train step's in/out shardings)."""
+def train_state_shardings(state: TrainState):
+    """The sharding each leaf of a train state *has* (the train step's in/out shardings)."""
     return jax.tree.map(lambda x: x.sharding, state)

@@ -19,7 +19,7 @@ from dllm_jax.diffusion.base import Objective
 from dllm_jax.evaluation.eval_step import batch_loss, make_eval_step  # noqa: F401 (re-exported)
 from dllm_jax.evaluation.likelihood import LN2
 from dllm_jax.sharding import batch_sharding
-from dllm_jax.training.state import TrainState, state_shardings
+from dllm_jax.training.state import TrainState, train_state_shardings
 
 
 def make_train_step(objective: Objective, graphdef, tx: optax.GradientTransformation, config: TrainConfig):
@@ -56,7 +56,7 @@ def make_train_step(objective: Objective, graphdef, tx: optax.GradientTransforma
 
 def jit_train_step(train_step, state: TrainState, mesh: Mesh):
     """Jit with explicit in/out shardings and donation of the old state; runs under the mesh."""
-    shardings = state_shardings(state)
+    shardings = train_state_shardings(state)
     batch_sh = {"tokens": batch_sharding(mesh), "loss_mask": batch_sharding(mesh), "index": batch_sharding(mesh, 1)}
     jitted = jax.jit(
         train_step,
