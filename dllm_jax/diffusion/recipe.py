@@ -109,7 +109,11 @@ class Recipe(Objective):
         return self.process.num_tokens
 
     def training_loss(self, apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B):
-        raise NotImplementedError("a Recipe is normalised per batch: use loss_sums")
+        """Per-position weighted loss (B, L) at the start of training (``progress`` 0), zero
+        where nothing is scored. Its batch mean is ``loss_sums``'s ratio only for ELBO
+        weighting: flat weighting divides by the number of corrupted tokens instead."""
+        terms_BL, scored_BL = self._terms(apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B, 0.0)
+        return jnp.where(scored_BL, terms_BL, 0.0)
 
     def loss_sums(self, apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B, progress=0.0):
         """(sum of weighted per-token losses, normaliser) of one batch; loss = sum / normaliser.
@@ -118,6 +122,11 @@ class Recipe(Objective):
         ``flat``: the number of corrupted tokens scored (the mean cross-entropy over them).
         AR rows add their token NLLs and their token count.
         """
+        terms_BL, scored_BL = self._terms(apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B, progress)
+        return jnp.sum(jnp.where(scored_BL, terms_BL, 0.0)), jnp.sum(scored_BL)
+
+    def _terms(self, apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B, progress):
+        """(per-position loss terms, which positions are scored), both (B, L)."""
         process = self.process
         t_B = self.times(u_B)
         noisy_BL = jnp.where(loss_mask_BL, process.corrupt(keys_B, tokens_BL, t_B), tokens_BL)
@@ -148,8 +157,7 @@ class Recipe(Objective):
             rows_B1 = causal_B[:, None]
             terms_BL = jnp.where(rows_B1, ar_BL, terms_BL)
             scored_BL = jnp.where(rows_B1, ar_scored_BL, scored_BL)
-        total = jnp.sum(jnp.where(scored_BL, terms_BL, 0.0))
-        return total, jnp.sum(scored_BL)
+        return terms_BL, scored_BL
 
 
 def training_objective(noise: NoiseConfig, model: ModelConfig, objective: Objective) -> Objective:

@@ -205,3 +205,22 @@ def test_ar_curriculum_goes_from_all_ar_rows_to_none(model_setup):
     np.testing.assert_allclose([float(x) for x in end], [float(x) for x in plain], rtol=1e-5)
     middle = recipe.loss_sums(apply, keys, tokens, mask, u, progress=0.5)
     assert float(all_ar[0]) != float(middle[0]) != float(plain[0])
+
+
+def test_recipe_training_loss_is_the_per_position_form_of_loss_sums():
+    """Summed over positions, the per-position loss is loss_sums's numerator (ELBO weighting)."""
+    from dllm_jax.diffusion import make_objective
+    from dllm_jax.diffusion.recipe import Recipe, TimeSampler
+
+    process = make_objective(NoiseConfig(process="masked"), 7)
+    recipe = Recipe(process, TimeSampler("logit_normal", process.t_min, process.t_max, 0.0, 1.0))
+    tokens_BL = jax.random.randint(jax.random.key(0), (4, 6), 0, 7)
+    mask_BL = jnp.ones((4, 6), bool).at[0, :2].set(False)
+    keys_B = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(1), i))(jnp.arange(4))
+    u_B = (jnp.arange(4) + 0.5) / 4
+    apply = lambda x, t: jax.nn.one_hot(x % 7, 7) * 2.0
+    loss_BL = recipe.training_loss(apply, keys_B, tokens_BL, mask_BL, u_B)
+    total, count = recipe.loss_sums(apply, keys_B, tokens_BL, mask_BL, u_B)
+    assert loss_BL.shape == (4, 6) and bool(jnp.all(loss_BL[0, :2] == 0))
+    np.testing.assert_allclose(float(jnp.sum(loss_BL)), float(total), rtol=1e-6)
+    assert int(count) == int(mask_BL.sum())
