@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from typing import Literal, NamedTuple
 
 import numpy as np
+
+from dllm_jax.validate import check_seed, check_types, number, one_of, positive_int
 
 ATTENTION_KINDS = ("bidirectional", "causal", "block_causal")
 SCHEDULE_KINDS = ("loglinear", "cosine", "polynomial")
@@ -33,93 +33,8 @@ def special_ids(num_tokens: int) -> SpecialIds:
     return SpecialIds(pad=num_tokens, bos=num_tokens + 1, mask=num_tokens + 2)
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _is_float(v) -> bool:
-    return _is_int(v) or isinstance(v, (float, np.floating))
-
-
-def _matches(value, hint) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is int:
-        return _is_int(value)
-    if hint is float:
-        return _is_float(value)
-    if hint is bool:
-        return isinstance(value, (bool, np.bool_))
-    if hint is str:
-        return isinstance(value, str)
-    if origin is Literal:
-        return isinstance(value, str) and value in typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(value is None if a is type(None) else _matches(value, a) for a in typing.get_args(hint))
-    if origin is tuple:
-        item = typing.get_args(hint)[0]
-        return isinstance(value, tuple) and all(_matches(v, item) for v in value)
-    return True  # nested or unusual types are checked by the config itself
-
-
-def _hint_text(hint) -> str:
-    if typing.get_origin(hint) is Literal:
-        return f"one of {typing.get_args(hint)}"
-    if typing.get_origin(hint) is tuple:
-        item = typing.get_args(hint)[0]
-        return f"a tuple of {'integers, e.g. (8, 32)' if item is int else 'numbers, e.g. (0.1, 0.5)'}"
-    return {int: "an integer", float: "a number", bool: "True or False", str: "a string"}.get(
-        hint, str(hint).replace("typing.", "")
-    )
-
-
-def _check_types(obj) -> None:
-    """Every field has its annotated type: ``train.lr='abc'`` is refused by name, up front."""
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if not _matches(value, hints[f.name]):
-            raise ValueError(
-                f"{type(obj).__name__}.{f.name} must be {_hint_text(hints[f.name])}, got {value!r}"
-            )
-
-
-def _seed(obj, name: str) -> None:
-    value = getattr(obj, name)
-    if not 0 <= value < 2**32:
-        raise ValueError(
-            f"{type(obj).__name__}.{name} must be in [0, 2**32) (larger seeds would wrap onto "
-            f"smaller ones), got {value}"
-        )
-
-
-def _positive_int(obj, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(
-                f"{type(obj).__name__}.{name} must be a positive integer, got {value!r}"
-            )
-
-
-def _one_of(obj, name: str, allowed: tuple[str, ...]) -> None:
-    value = getattr(obj, name)
-    if value not in allowed:
-        raise ValueError(
-            f"{type(obj).__name__}.{name} must be one of {allowed}, got {value!r}"
-        )
-
-
 TIME_DISTRIBUTIONS = ("uniform", "logit_normal")
 WEIGHTINGS = ("elbo", "flat")
-
-
-def _number(obj, name: str) -> float:
-    value = getattr(obj, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{type(obj).__name__}.{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{type(obj).__name__}.{name} must be finite, got {value!r}")
-    return float(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,13 +85,13 @@ class ModelConfig:
     head_init_scale: float = 1.0
 
     def __post_init__(self):
-        _check_types(self)
-        _positive_int(
+        check_types(self)
+        positive_int(
             self, "num_tokens", "max_len", "d_model", "num_layers", "num_heads",
             "block_size", "time_embed_dim", "vocab_multiple",
         )
         if self.mlp_dim is not None:
-            _positive_int(self, "mlp_dim")
+            positive_int(self, "mlp_dim")
         if self.num_tokens < 2:
             raise ValueError(
                 f"ModelConfig.num_tokens must be >= 2 ordinary tokens, got {self.num_tokens}"
@@ -190,14 +105,14 @@ class ModelConfig:
                 f"head dim d_model/num_heads={self.d_model // self.num_heads} must be even "
                 "for rotary embeddings"
             )
-        _one_of(self, "attention", ATTENTION_KINDS)
-        _one_of(self, "dtype", DTYPES)
-        _one_of(self, "attention_bias", ("none", "alibi"))
-        if not _number(self, "rope_theta") > 0:
+        one_of(self, "attention", ATTENTION_KINDS)
+        one_of(self, "dtype", DTYPES)
+        one_of(self, "attention_bias", ("none", "alibi"))
+        if not number(self, "rope_theta") > 0:
             raise ValueError(f"ModelConfig.rope_theta must be > 0, got {self.rope_theta}")
-        if not _number(self, "embed_init_std") > 0:
+        if not number(self, "embed_init_std") > 0:
             raise ValueError(f"ModelConfig.embed_init_std must be > 0, got {self.embed_init_std}")
-        if not _number(self, "head_init_scale") >= 0:
+        if not number(self, "head_init_scale") >= 0:
             raise ValueError(f"ModelConfig.head_init_scale must be >= 0, got {self.head_init_scale}")
         if self.shift and self.attention != "bidirectional":
             raise ValueError(
@@ -272,13 +187,13 @@ class NoiseConfig:
     ar_anneal_end: float = 1.0
 
     def __post_init__(self):
-        _check_types(self)
-        _one_of(self, "process", PROCESS_KINDS)
-        _one_of(self, "schedule", SCHEDULE_KINDS)
-        _one_of(self, "time_distribution", TIME_DISTRIBUTIONS)
-        _one_of(self, "weighting", WEIGHTINGS)
+        check_types(self)
+        one_of(self, "process", PROCESS_KINDS)
+        one_of(self, "schedule", SCHEDULE_KINDS)
+        one_of(self, "time_distribution", TIME_DISTRIBUTIONS)
+        one_of(self, "weighting", WEIGHTINGS)
         for name in ("exponent", "t_min", "t_low", "t_high", "logit_mean", "logit_std", "ar_fraction"):
-            _number(self, name)
+            number(self, name)
         if not self.exponent > 0:
             raise ValueError(f"NoiseConfig.exponent must be > 0, got {self.exponent}")
         if not 0 <= self.t_min < 0.5:
@@ -300,7 +215,7 @@ class NoiseConfig:
             if not 0 <= self.ar_fraction < 1:
                 raise ValueError(f"NoiseConfig.ar_fraction must be in [0, 1), got {self.ar_fraction}")
         else:
-            _number(self, "ar_fraction_end")
+            number(self, "ar_fraction_end")
             if not 0 <= self.ar_fraction <= 1:
                 raise ValueError(f"NoiseConfig.ar_fraction must be in [0, 1], got {self.ar_fraction}")
             if not 0 <= self.ar_fraction_end < 1:
@@ -308,7 +223,7 @@ class NoiseConfig:
                     f"NoiseConfig.ar_fraction_end must be in [0, 1) (the run must end training "
                     f"diffusion), got {self.ar_fraction_end}"
                 )
-        if not 0 < _number(self, "ar_anneal_end") <= 1:
+        if not 0 < number(self, "ar_anneal_end") <= 1:
             raise ValueError(f"NoiseConfig.ar_anneal_end must be in (0, 1], got {self.ar_anneal_end}")
         if self.process == "ar":
             recipe = {"time_distribution": "uniform", "t_low": 0.0, "t_high": 1.0,
@@ -331,7 +246,7 @@ class MeshConfig:
     tensor: int = 1
 
     def __post_init__(self):
-        _check_types(self)
+        check_types(self)
         sizes = (self.data, self.fsdp, self.tensor)
         if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
             raise ValueError(
@@ -361,25 +276,25 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _check_types(self)
-        _seed(self, "seed")
-        _positive_int(self, "batch_size", "seq_len", "steps")
+        check_types(self)
+        check_seed(self, "seed")
+        positive_int(self, "batch_size", "seq_len", "steps")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(
                 f"TrainConfig.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}"
             )
-        if not _number(self, "lr") > 0:
+        if not number(self, "lr") > 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
-        if not 0 <= _number(self, "min_lr_ratio") <= 1:
+        if not 0 <= number(self, "min_lr_ratio") <= 1:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if not 0 <= _number(self, "ema_decay") < 1:
+        if not 0 <= number(self, "ema_decay") < 1:
             raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not _number(self, "grad_clip") >= 0:
+        if not number(self, "grad_clip") >= 0:
             raise ValueError(f"TrainConfig.grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip}")
         for name in ("b1", "b2"):
-            if not 0 <= _number(self, name) < 1:
+            if not 0 <= number(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
-        if _number(self, "weight_decay") < 0:
+        if number(self, "weight_decay") < 0:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
 
 
@@ -442,12 +357,12 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _check_types(self)
-        _seed(self, "seed")
-        _positive_int(self, "vocab_size")
+        check_types(self)
+        check_seed(self, "seed")
+        positive_int(self, "vocab_size")
         if not self.source:
             raise ValueError("DataConfig.source must name a corpus, got ''")
-        _one_of(self, "tokenizer_type", ("bpe", "unigram"))
+        one_of(self, "tokenizer_type", ("bpe", "unigram"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -470,8 +385,8 @@ class LoopConfig:
     context_times: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99)
 
     def __post_init__(self):
-        _check_types(self)
-        _positive_int(
+        check_types(self)
+        positive_int(
             self, "log_every", "eval_every", "eval_batches", "eval_time_points",
             "checkpoint_every", "keep_checkpoints", "num_samples", "sample_length",
         )
@@ -503,7 +418,7 @@ class ExperimentConfig:
     mesh: MeshConfig = MeshConfig()
 
     def __post_init__(self):
-        _check_types(self)
+        check_types(self)
         check_sequence_length(self.train.seq_len, self.model)
         wants_causal = self.noise.process == "ar"
         if wants_causal != (self.model.attention == "causal"):

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).parents[1] / "dllm_jax"
 
 # Lower rank = lower layer. A module may import its own package and lower ranks only.
 RANK = {
-    "typing": 0, "files": 0, "progress": 0, "rng": 0,
+    "typing": 0, "files": 0, "progress": 0, "rng": 0, "validate": 0,
     "config": 1,
     "diffusion": 2,
     "sharding": 3,
