@@ -114,10 +114,10 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.embed_init_std must be > 0, got {self.embed_init_std}")
         if not number(self, "head_init_scale") >= 0:
             raise ValueError(f"ModelConfig.head_init_scale must be >= 0, got {self.head_init_scale}")
-        if self.shift and self.attention != "bidirectional":
+        if self.shift and self.attention == "causal":
             raise ValueError(
-                "ModelConfig.shift (Dream's shifted prediction) is for bidirectional diffusion "
-                f"models, got attention={self.attention!r}"
+                "ModelConfig.shift (Dream's shifted prediction) is for diffusion models "
+                "(bidirectional or block_causal), got attention='causal'"
             )
 
     @property
@@ -260,6 +260,11 @@ class TrainConfig:
     """Optimisation: AdamW, linear warmup + cosine decay, clipping, optional EMA.
 
     ``grad_clip`` is the global-norm clipping threshold; 0 turns clipping off.
+
+    ``init_from``: start the parameters from another run instead of at random: a run
+    directory of this library (its latest checkpoint, EMA weights if it kept them), e.g. an
+    AR run adapted into a diffusion model with the same backbone sizes. The optimiser starts
+    fresh. Used only when this run has no checkpoint yet; a resume ignores it. "" = random.
     """
 
     batch_size: int = 32
@@ -274,6 +279,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.0
     seed: int = 0
+    init_from: str = ""
 
     def __post_init__(self):
         check_types(self)
@@ -296,6 +302,25 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         if number(self, "weight_decay") < 0:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+def check_block_training(model: ModelConfig, noise: NoiseConfig, seq_len: int) -> None:
+    """A block-causal model trains with the BD3-LM objective: whole blocks, one t per block."""
+    if seq_len % model.block_size:
+        raise ValueError(
+            f"TrainConfig.seq_len={seq_len} must be a multiple of ModelConfig.block_size="
+            f"{model.block_size} (block diffusion trains on whole blocks)"
+        )
+    if model.time_conditioning:
+        raise ValueError(
+            "a block-causal model must not be time-conditioned (ModelConfig.time_conditioning="
+            "False): each block has its own t, and the exact cache stores finished blocks at none"
+        )
+    if noise.ar_fraction or noise.ar_fraction_end:
+        raise ValueError(
+            "NoiseConfig.ar_fraction is for bidirectional models; a block-causal model is AR over "
+            "blocks already (block_size=1 is the AR objective)"
+        )
 
 
 def check_sequence_length(seq_len: int, model: ModelConfig) -> None:
@@ -427,6 +452,8 @@ class ExperimentConfig:
                 f"{'causal' if wants_causal else 'non-causal'} attention, got "
                 f"ModelConfig.attention={self.model.attention!r}"
             )
+        if self.model.attention == "block_causal":
+            check_block_training(self.model, self.noise, self.train.seq_len)
         if self.data.tokenizer == "" and self.data.vocab_size != self.model.num_tokens:
             raise ValueError(
                 f"DataConfig.vocab_size={self.data.vocab_size} must equal "

@@ -17,65 +17,15 @@ trained.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import ndtri
 
 from dllm_jax.config import ModelConfig, NoiseConfig
 from dllm_jax.diffusion.autoregressive import shift_right
 from dllm_jax.diffusion.base import NoiseProcess, Objective, token_nll
-
-
-@dataclasses.dataclass(frozen=True)
-class TimeSampler:
-    """Maps stratified uniforms u in [0, 1) to training times in [low, high].
-
-    ``uniform``: t = low + (high - low) u. ``logit_normal``: the logit-normal(mean, std)
-    truncated to [low, high], t = F^-1(F(low) + u (F(high) - F(low))). Monotone in u, so
-    stratified uniforms give stratified times.
-    """
-
-    distribution: str = "uniform"
-    low: float = 0.0
-    high: float = 1.0
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-
-    def __post_init__(self):
-        if self.distribution not in ("uniform", "logit_normal"):
-            raise ValueError(
-                f"TimeSampler.distribution must be 'uniform' or 'logit_normal', got {self.distribution!r}"
-            )
-        if not 0 <= self.low < self.high <= 1:
-            raise ValueError(f"TimeSampler needs 0 <= low < high <= 1, got low={self.low}, high={self.high}")
-
-    def _cdf(self, t: float) -> float:
-        if t <= 0:
-            return 0.0
-        if t >= 1:
-            return 1.0
-        z = (math.log(t) - math.log1p(-t) - self.logit_mean) / self.logit_std
-        return 0.5 * math.erfc(-z / math.sqrt(2.0))
-
-    def __call__(self, u_B):
-        if self.distribution == "uniform":
-            return self.low + (self.high - self.low) * u_B
-        lo, hi = self._cdf(self.low), self._cdf(self.high)
-        p_B = jnp.clip(lo + (hi - lo) * u_B, 1e-12, 1.0 - 1e-7)
-        t_B = jax.nn.sigmoid(self.logit_mean + self.logit_std * ndtri(p_B))
-        return jnp.clip(t_B, self.low, self.high)
-
-    def density(self, t_B):
-        """The sampler's probability density at t (for tests and importance weights)."""
-        inside = (t_B >= self.low) & (t_B <= self.high)
-        if self.distribution == "uniform":
-            return jnp.where(inside, 1.0 / (self.high - self.low), 0.0)
-        z = (jnp.log(t_B) - jnp.log1p(-t_B) - self.logit_mean) / self.logit_std
-        pdf = jnp.exp(-0.5 * z * z) / (math.sqrt(2 * math.pi) * self.logit_std * t_B * (1 - t_B))
-        mass = self._cdf(self.high) - self._cdf(self.low)
-        return jnp.where(inside, pdf / mass, 0.0)
+from dllm_jax.diffusion.block import BlockDiffusion
+from dllm_jax.diffusion.times import TimeSampler  # noqa: F401 (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,7 +114,9 @@ def training_objective(noise: NoiseConfig, model: ModelConfig, objective: Object
     """The objective the train step optimises: ``objective`` itself when the recipe is the
     plain ELBO on uniform times with no AR rows (bitwise the old training path), else a
     ``Recipe`` around it."""
-    if not isinstance(objective, NoiseProcess):
+    block = objective if isinstance(objective, BlockDiffusion) else None
+    process = block.process if block is not None else objective
+    if not isinstance(process, NoiseProcess):
         return objective
     plain = (noise.time_distribution == "uniform" and noise.t_low == 0.0 and noise.t_high == 1.0
              and noise.weighting == "elbo" and noise.ar_fraction == 0.0 and not noise.ar_fraction_end)
@@ -172,10 +124,12 @@ def training_objective(noise: NoiseConfig, model: ModelConfig, objective: Object
         return objective
     times = TimeSampler(
         noise.time_distribution,
-        max(noise.t_low, objective.t_min),
-        min(noise.t_high, objective.t_max),
+        max(noise.t_low, process.t_min),
+        min(noise.t_high, process.t_max),
         noise.logit_mean,
         noise.logit_std,
     )
+    if block is not None:  # AR rows are refused for block models by the config
+        return dataclasses.replace(block, times=times, weighting=noise.weighting)
     return Recipe(objective, times, noise.weighting, noise.ar_fraction, noise.ar_fraction_end,
                   noise.ar_anneal_end, bos_id=model.special.bos, shift=model.shift)

@@ -28,6 +28,7 @@ from flax import nnx
 
 from dllm_jax.diffusion.autoregressive import ARObjective, shift_right
 from dllm_jax.diffusion.base import NoiseProcess, Objective, token_nll
+from dllm_jax.diffusion.block import BlockDiffusion
 from dllm_jax.progress import Progress
 
 DEFAULT_TIMES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99)
@@ -83,12 +84,20 @@ def row_sums(objective: Objective, apply_fn, keys_B, tokens_BL, loss_mask_BL, t)
     """(NLL summed over each row's corrupted tokens, their count): two (B,) arrays.
 
     ``apply_fn(tokens_BL, t_B) -> logits_BLV``. For an AR objective, every loss token of
-    the row (the exact NLL, independent of ``t``).
+    the row (the exact NLL, independent of ``t``). For a block objective, the whole
+    sequence is corrupted at t and each block denoised given the clean blocks before it
+    (``apply_fn(noisy_BL, t_B, clean_BL=tokens_BL)``, the two-stream forward).
     """
     B = tokens_BL.shape[0]
     if isinstance(objective, ARObjective):
         logits_BLV = apply_fn(shift_right(tokens_BL, objective.bos_id), None)
         scored_BL = loss_mask_BL
+    elif isinstance(objective, BlockDiffusion):  # every block at t, each given the clean past
+        t_B = jnp.full((B,), t, jnp.float32)
+        process = objective.process
+        noisy_BL = jnp.where(loss_mask_BL, process.corrupt(keys_B, tokens_BL, t_B), tokens_BL)
+        logits_BLV = apply_fn(noisy_BL, t_B, clean_BL=tokens_BL)
+        scored_BL = loss_mask_BL & (noisy_BL != tokens_BL)
     elif isinstance(objective, NoiseProcess):
         t_B = jnp.full((B,), t, jnp.float32)
         noisy_BL = jnp.where(loss_mask_BL, objective.corrupt(keys_B, tokens_BL, t_B), tokens_BL)
@@ -102,7 +111,7 @@ def row_sums(objective: Objective, apply_fn, keys_B, tokens_BL, loss_mask_BL, t)
 
 def model_apply(graphdef):
     """``(params, tokens_BL, t_B) -> logits_BLV`` for an NNX model given by ``graphdef``."""
-    return lambda params, tokens_BL, t_B: nnx.merge(graphdef, params, copy=True)(tokens_BL, t_B)
+    return lambda params, tokens_BL, t_B, **kw: nnx.merge(graphdef, params, copy=True)(tokens_BL, t_B, **kw)
 
 
 def make_context_fn(objective: Objective, apply, mesh=None, seed: int = 0):
@@ -119,7 +128,7 @@ def make_context_fn(objective: Objective, apply, mesh=None, seed: int = 0):
 
     def fn(params, batch, t):
         keys_B = jax.vmap(lambda i: jax.random.fold_in(key, i))(batch["index"].astype(jnp.uint32))
-        denoise = lambda x, tt: apply(params, x, tt)
+        denoise = lambda x, tt, **kw: apply(params, x, tt, **kw)
         return row_sums(objective, denoise, keys_B, batch["tokens"], batch["loss_mask"], t)
 
     jitted = jax.jit(fn)

@@ -15,7 +15,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dllm_jax.config import ModelConfig
-from dllm_jax.nn.attention import Attention, KVCache, attention_mask, structural_mask
+from dllm_jax.nn.attention import (
+    Attention,
+    KVCache,
+    attention_mask,
+    structural_mask,
+    two_stream_mask,
+)
 from dllm_jax.nn.layers import Embed, Linear, RMSNorm, SwiGLU, rotary_tables, timestep_embedding
 from dllm_jax.sharding import constrain
 from dllm_jax.typing import Times, TokenLogits, Tokens
@@ -109,32 +115,83 @@ class Transformer(nnx.Module):
             self.final_modulation = Linear(c, (2, config.d_model), ("cond", None, "embed"), rngs=rngs, zero_init=True)
 
     def __call__(self, tokens_BL: Tokens, t_B: Times | None = None, positions_BL=None,
-                 causal_B=None) -> TokenLogits:
+                 causal_B=None, clean_BL: Tokens | None = None) -> TokenLogits:
         """Logits (B, L, num_tokens); ``causal_B`` (bool, per row) switches rows to a causal mask.
 
         ``causal_B`` lets one forward pass serve a mixed batch (AR rows beside diffusion rows,
         ``NoiseConfig.ar_fraction``) on a non-causal backbone. For a ``shift`` model a causal
         row's logits at i come from position i - 1, i.e. from tokens < i: the AR factorisation
         for every position but 0.
+
+        ``clean_BL`` (block-causal models): the BD3-LM training forward, ``tokens_BL`` being
+        the noisy sequence x_t and ``clean_BL`` the clean x_0 (see ``two_stream``).
         """
         if tokens_BL.ndim != 2:
             raise ValueError(f"tokens must have shape (batch, length), got {tokens_BL.shape}")
+        if clean_BL is not None:
+            if positions_BL is not None or causal_B is not None:
+                raise ValueError("the two-stream forward (clean_BL) takes no positions_BL or causal_B")
+            return self.two_stream(tokens_BL, clean_BL, t_B)
         return self.forward_hidden(self.embed(tokens_BL), t_B, positions_BL, causal_B)
 
     def forward_hidden(self, x_BLD, t_B=None, positions_BL=None, causal_B=None):
         """Run the blocks and the head on embedded inputs (lets tests differentiate w.r.t. them)."""
         config = self.config
         B, L, _ = x_BLD.shape
-        if L > config.max_len:
-            raise ValueError(f"sequence length {L} exceeds the model's max_len={config.max_len}")
+        self._check_length(L)
         if positions_BL is None:
             positions_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
-        sin, cos = rotary_tables(config.max_len, config.head_dim, config.rope_theta)
         mask_LS = attention_mask(config.attention, L, L, config.block_size)
         if causal_B is not None:
             causal_LS = attention_mask("causal", L, L)
             mask_LS = jnp.where(causal_B[:, None, None, None], causal_LS, mask_LS)  # (B, 1, L, S)
         cond_BC = self._condition(t_B, B)
+        x_BLD = self._layers(x_BLD, mask_LS, positions_BL, cond_BC)
+        return self._aligned(self._logits(x_BLD, cond_BC))
+
+    def two_stream(self, noisy_BL: Tokens, clean_BL: Tokens, t_B: Times | None = None) -> TokenLogits:
+        """BD3-LM's training forward: logits (B, L, V) for every noisy position at once.
+
+        One pass over the concatenation [x_t, x_0] (2L positions, both streams at positions
+        0..L-1) under ``two_stream_mask``: noisy block b attends to itself and to the clean
+        blocks < b, the clean stream is block-causal. Block b's logits are therefore those
+        the cached generation forward computes for the same clean prefix and noisy block
+        (``forward_chunk`` / ``canvas_chunk`` with the finished blocks in the cache).
+
+        For a ``shift`` model the first token of block b > 0 is predicted at the clean
+        position before it (its AR prediction given the clean past), the others at the noisy
+        position before them.
+        """
+        config = self.config
+        if config.attention != "block_causal":
+            raise ValueError(f"the two-stream forward is for block-causal models, this one is {config.attention!r}")
+        if noisy_BL.shape != clean_BL.shape or noisy_BL.ndim != 2:
+            raise ValueError(f"noisy and clean tokens must both be (batch, length), got {noisy_BL.shape} and {clean_BL.shape}")
+        B, L = noisy_BL.shape
+        self._check_length(L)
+        if L % config.block_size:
+            raise ValueError(f"the two-stream forward needs whole blocks: length {L} is not a multiple of block_size={config.block_size}")
+        x_BTD = self.embed(jnp.concatenate([noisy_BL, clean_BL], axis=1))
+        positions_BT = jnp.broadcast_to(jnp.concatenate([jnp.arange(L), jnp.arange(L)]), (B, 2 * L))
+        cond_BC = self._condition(t_B, B)
+        x_BTD = self._layers(x_BTD, two_stream_mask(L, config.block_size), positions_BT, cond_BC)
+        raw_BTV = self._logits(x_BTD, cond_BC)
+        noisy_BLV, clean_BLV = raw_BTV[:, :L], raw_BTV[:, L:]
+        if not config.shift:
+            return noisy_BLV
+        from_noisy = jnp.concatenate([noisy_BLV[:, :1], noisy_BLV[:, :-1]], axis=1)
+        from_clean = jnp.concatenate([noisy_BLV[:, :1], clean_BLV[:, :-1]], axis=1)
+        block_start_L = (jnp.arange(L) % config.block_size == 0) & (jnp.arange(L) > 0)
+        return jnp.where(block_start_L[None, :, None], from_clean, from_noisy)
+
+    def _check_length(self, length: int):
+        if length > self.config.max_len:
+            raise ValueError(f"sequence length {length} exceeds the model's max_len={self.config.max_len}")
+
+    def _layers(self, x_BLD, mask, positions_BL, cond_BC):
+        """The layer scan of a full forward pass (no cache)."""
+        config = self.config
+        sin, cos = rotary_tables(config.max_len, config.head_dim, config.rope_theta)
         x_BLD = constrain(x_BLD, "batch", "length", "act_embed")
 
         def body(block, x, mask, pos, s, c, cond):
@@ -147,8 +204,7 @@ class Transformer(nnx.Module):
         def run(block, x, mask, pos, s, c, cond):
             return body(block, x, mask, pos, s, c, cond)
 
-        x_BLD = run(self.blocks, x_BLD, mask_LS, positions_BL, sin, cos, cond_BC)
-        return self._aligned(self._logits(x_BLD, cond_BC))
+        return run(self.blocks, x_BLD, mask, positions_BL, sin, cos, cond_BC)
 
     def init_cache(self, batch: int, length: int | None = None) -> KVCache:
         """An empty KV cache: k and v of shape (N, B, length, H, K), length max_len by default."""
@@ -228,6 +284,12 @@ class Transformer(nnx.Module):
             )
         logits_BCV, cache = self._raw_chunk(tokens_BC, start, cache, kv_valid_BS, t_B, with_cache=True)
         return self._aligned(logits_BCV), cache
+
+    def write_chunk(self, tokens_BC, start, cache: KVCache, kv_valid_BS=None, t_B=None) -> KVCache:
+        """The cache with the chunk at [start, start + C) written (every layer): how a
+        finished block enters the exact cache. Works for ``shift`` models too (the written
+        keys and values do not depend on how outputs are aligned)."""
+        return self._raw_chunk(tokens_BC, start, cache, kv_valid_BS, t_B, with_cache=True)[1]
 
     def _raw_chunk(self, tokens_BC, start, cache: KVCache, kv_valid_BS=None, t_B=None, with_cache=False):
         """The network's outputs at [start, start + C) (not re-aligned for ``shift``)."""

@@ -1,6 +1,7 @@
 """Sampler state, step rules, the scan driver, and KV-cache AR decoding."""
 
 from dllm_jax.sampling.ancestral import MaskedAncestral, UniformAncestral, ancestral
+from dllm_jax.sampling.blocks import BlockDenoiser, run_blocks, sample_blocks
 from dllm_jax.sampling.draws import Logits
 from dllm_jax.sampling.driver import StepRule, example_keys, run_sampler, sample, time_grid
 from dllm_jax.sampling.generate import CACHE_MODES, Generation, generate, resume
@@ -19,6 +20,7 @@ from dllm_jax.sampling.rules import (
 )
 
 __all__ = [
+    "BlockDenoiser",
     "CACHE_MODES",
     "RULE_NAMES",
     "CachedMaskedAncestral",
@@ -41,7 +43,9 @@ __all__ = [
     "guidance_mix",
     "make_rule",
     "resume",
+    "run_blocks",
     "run_sampler",
+    "sample_blocks",
     "sample",
     "time_grid",
 ]

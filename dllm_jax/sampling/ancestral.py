@@ -12,6 +12,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from dllm_jax.diffusion.block import noise_process
 from dllm_jax.diffusion.masked import MaskedProcess
 from dllm_jax.diffusion.uniform import UniformProcess
 from dllm_jax.sampling.draws import (
@@ -115,7 +116,8 @@ class UniformAncestral(StepRule):
 
 
 def ancestral(process, logits: Logits = Logits()) -> StepRule:
-    """The ancestral step rule of a noise process."""
+    """The ancestral step rule of a noise process (a block objective's inner process)."""
+    process = noise_process(process)
     rules = {MaskedProcess: MaskedAncestral, UniformProcess: UniformAncestral}
     for kind, rule in rules.items():
         if isinstance(process, kind):

@@ -40,6 +40,7 @@ import numpy as np
 from flax import nnx
 
 from dllm_jax.config import ModelConfig, special_ids
+from dllm_jax.sampling.blocks import BlockDenoiser, Plan, run_blocks
 from dllm_jax.sampling.canvas import (
     Generation,
     as_rows,
@@ -47,39 +48,11 @@ from dllm_jax.sampling.canvas import (
     check_infill,
     check_prompts_and_stops,
     round_up,
-    stop_hits,
 )
-from dllm_jax.sampling.draws import prior_keys
-from dllm_jax.sampling.driver import StepRule, check_num_steps, example_keys, run_sampler
+from dllm_jax.sampling.driver import StepRule, check_num_steps, example_keys
 from dllm_jax.sampling.rules import guidance_mix
 
 CACHE_MODES = ("none", "exact", "approximate")
-
-
-class _Denoiser:
-    """A denoise callable that states whether it reads t (the cached rule needs not)."""
-
-    def __init__(self, fn, time_conditioned: bool, passes: int = 1):
-        self.fn, self.time_conditioned, self.passes = fn, time_conditioned, passes
-
-    def __call__(self, tokens_BL, t_B):
-        return self.fn(tokens_BL, t_B)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-    """Static settings of one compiled generation."""
-
-    rule: StepRule
-    num_steps: int
-    block: int
-    num_blocks: int
-    cache: str
-    stops: tuple[tuple[int, ...], ...]
-    eos_id: int | None
-    guidance: float
-    mask_id: int
-    pad_id: int
 
 
 def generate(
@@ -192,7 +165,7 @@ def resume(graphdef, params, previous: Generation, appended, *, length: int, num
     info = previous._resume
     if not info:
         raise ValueError("this Generation holds no resume state")
-    plan: _Plan = info["plan"]
+    plan: Plan = info["plan"]
     appended_rows = as_rows(appended, "appended")
     if len(appended_rows) != len(previous.ends):
         raise ValueError(f"appended has {len(appended_rows)} rows, the generation {len(previous.ends)}")
@@ -266,11 +239,11 @@ def _plan(config: ModelConfig, rule, num_steps, block_size, cache, stops, eos_id
                 f"the canvas rounded up to whole blocks of {block} is {canvas} positions, more than max_len={config.max_len}"
             )
     ids = special_ids(config.num_tokens)
-    plan = _Plan(rule, num_steps, block, canvas // block, cache, stops, eos_id, float(guidance), ids.mask, ids.pad)
+    plan = Plan(rule, num_steps, block, canvas // block, cache, stops, eos_id, float(guidance), ids.mask, ids.pad)
     return plan, canvas
 
 
-def _jit_args(graphdef, params, model, plan: _Plan, seed, indices, state) -> tuple:
+def _jit_args(graphdef, params, model, plan: Plan, seed, indices, state) -> tuple:
     """The arguments of ``_generate_jit`` for one prepared call."""
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an integer in [0, 2**32) (larger ones would wrap onto others), got {seed!r}")
@@ -286,7 +259,7 @@ def _jit_args(graphdef, params, model, plan: _Plan, seed, indices, state) -> tup
     )
 
 
-def _run(graphdef, params, model, plan: _Plan, seed, indices, state) -> Generation:
+def _run(graphdef, params, model, plan: Plan, seed, indices, state) -> Generation:
     out = _generate_jit(*_jit_args(graphdef, params, model, plan, seed, indices, state))
     tokens, ends, stopped, nfe, cache = out
     return Generation(
@@ -296,80 +269,54 @@ def _run(graphdef, params, model, plan: _Plan, seed, indices, state) -> Generati
     )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _generate_jit(graphdef, plan: _Plan, time_conditioned, params, keys_B, tokens_BS, fixed_BS, prompt_len_B, end_B, cached_blocks_B, cache):
-    B, S = tokens_BS.shape
-    C = plan.block
-    pos_S = jnp.arange(S)
-    valid_BS = pos_S[None] < end_B[:, None]
-    tokens_BS = jnp.where(fixed_BS, tokens_BS, plan.rule.prior(prior_keys(keys_B, pos_S)))
-    stops = plan.stops + (((plan.eos_id,),) if plan.eos_id is not None else ())
-    prompt_BS = pos_S[None] < prompt_len_B[:, None]
+class _ModelDenoiser(BlockDenoiser):
+    """A Transformer under one of the cache modes of ``generate``."""
 
-    def model():
+    def __init__(self, graphdef, params, plan: Plan, time_conditioned, valid_BS, prompt_BS):
+        self.graphdef, self.params, self.plan = graphdef, params, plan
+        self.time_conditioned = time_conditioned
+        self.passes = 2 if plan.guidance > 0 else 1
+        self.valid_BS, self.prompt_BS = valid_BS, prompt_BS
+
+    def model(self):
         # Merge inside each use: nnx transforms refuse modules from an outer trace level.
-        return nnx.merge(graphdef, params, copy=True)
+        return nnx.merge(self.graphdef, self.params, copy=True)
 
-    def full_logits(canvas_BS, t_B):
-        m = model()
+    def full_logits(self, canvas_BS, t_B):
+        m, plan, valid_BS = self.model(), self.plan, self.valid_BS
+        B, S = canvas_BS.shape
         if plan.guidance == 0:
             return m.forward_chunk(canvas_BS, 0, m.init_cache(B, S), valid_BS, t_B)[0]
-        both = jnp.concatenate([canvas_BS, jnp.where(prompt_BS, plan.mask_id, canvas_BS)])
+        both = jnp.concatenate([canvas_BS, jnp.where(self.prompt_BS, plan.mask_id, canvas_BS)])
         valid2, t2 = jnp.concatenate([valid_BS, valid_BS]), jnp.concatenate([t_B, t_B])
         logits = m.forward_chunk(both, 0, m.init_cache(2 * B, S), valid2, t2)[0]
         return guidance_mix(logits[:B], logits[B:], plan.guidance)
 
-    def block_body(carry, j):
-        tokens_BS, cache, nfe_B, done_B, stop_end_B, stopped_B = carry
-        start = j * C
-        cols_C = start + jnp.arange(C)
-        chunk_BC = jax.lax.dynamic_slice_in_dim(tokens_BS, start, C, axis=1)
-        fixed_BC = jax.lax.dynamic_slice_in_dim(fixed_BS, start, C, axis=1) | done_B[:, None]
-        active_B = jnp.any(~fixed_BC, axis=1)
-        block_keys_B = jax.vmap(jax.random.fold_in, (0, None))(keys_B, j)
+    def refresh(self, cache, tokens_BS):
+        if self.plan.cache != "approximate":
+            return cache, 0
+        m = self.model()  # refresh every position's keys and values: one pass
+        B, S = tokens_BS.shape
+        return m.forward_chunk(tokens_BS, 0, m.init_cache(B, S), self.valid_BS, jnp.ones((B,)))[1], 1
 
-        def steps(cache):
-            extra = 0
-            if plan.cache == "approximate":
-                m = model()  # refresh every position's keys and values: one pass
-                cache = m.forward_chunk(tokens_BS, 0, m.init_cache(B, S), valid_BS, jnp.ones((B,)))[1]
-                extra = 1
+    def chunk_logits(self, cache, tokens_BS, x_BC, start, t_B):
+        C = x_BC.shape[1]
+        canvas = jax.lax.dynamic_update_slice_in_dim(tokens_BS, x_BC, start, axis=1)
+        if self.plan.cache == "none":
+            return jax.lax.dynamic_slice_in_dim(self.full_logits(canvas, t_B), start, C, axis=1)
+        return self.model().canvas_chunk(canvas, start, C, cache, self.valid_BS, t_B)
 
-            def chunk_logits(x_BC, t_B):
-                if plan.cache == "none":
-                    canvas = jax.lax.dynamic_update_slice_in_dim(tokens_BS, x_BC, start, axis=1)
-                    return jax.lax.dynamic_slice_in_dim(full_logits(canvas, t_B), start, C, axis=1)
-                canvas = jax.lax.dynamic_update_slice_in_dim(tokens_BS, x_BC, start, axis=1)
-                return model().canvas_chunk(canvas, start, C, cache, valid_BS, t_B)
+    def write(self, cache, new_BC, start):
+        return self.model().write_chunk(new_BC, start, cache, self.valid_BS)
 
-            denoise = _Denoiser(chunk_logits, time_conditioned, passes=2 if plan.guidance > 0 else 1)
-            new_BC, used_B = run_sampler(denoise, plan.rule, chunk_BC, block_keys_B, plan.num_steps, fixed_BC, cols_C)
-            return new_BC, used_B + extra
 
-        def skip(cache):
-            return chunk_BC, jnp.zeros((B,), jnp.int32)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _generate_jit(graphdef, plan: Plan, time_conditioned, params, keys_B, tokens_BS, fixed_BS, prompt_len_B, end_B,
+                  cached_blocks_B, cache):
+    pos_S = jnp.arange(tokens_BS.shape[1])
+    valid_BS = pos_S[None] < end_B[:, None]
+    prompt_BS = pos_S[None] < prompt_len_B[:, None]
+    denoiser = _ModelDenoiser(graphdef, params, plan, time_conditioned, valid_BS, prompt_BS)
+    return run_blocks(denoiser, plan, keys_B, tokens_BS, fixed_BS, prompt_len_B, end_B, cached_blocks_B, cache)
 
-        new_BC, used_B = jax.lax.cond(jnp.any(active_B), steps, skip, cache)
-        nfe_B = nfe_B + jnp.where(active_B, used_B, 0)
-        tokens_BS = jax.lax.dynamic_update_slice_in_dim(tokens_BS, new_BC, start, axis=1)
-        if plan.cache == "exact":
-            write_B = ~done_B & (j >= cached_blocks_B) & (start < end_B)
 
-            def write(cache):
-                return model().forward_chunk(new_BC, start, cache, valid_BS)[1]
-
-            cache = jax.lax.cond(jnp.any(write_B), write, lambda c: c, cache)
-            nfe_B = nfe_B + write_B
-        if stops:
-            found_B, p_B, which_B = stop_hits(tokens_BS, cols_C, stops, prompt_len_B, end_B)
-            found_B &= active_B
-            stop_end_B = jnp.where(found_B, p_B + 1, stop_end_B)
-            stopped_B = jnp.where(found_B, which_B, stopped_B)
-            done_B = done_B | found_B
-        return (tokens_BS, cache, nfe_B, done_B, stop_end_B, stopped_B), None
-
-    zeros_B = jnp.zeros((B,), jnp.int32)
-    carry = (tokens_BS, cache, zeros_B, jnp.zeros((B,), bool), end_B, zeros_B - 1)
-    (tokens_BS, cache, nfe_B, _, stop_end_B, stopped_B), _ = jax.lax.scan(block_body, carry, jnp.arange(plan.num_blocks))
-    tokens_BS = jnp.where(pos_S[None] < stop_end_B[:, None], tokens_BS, plan.pad_id)
-    return tokens_BS, stop_end_B, stopped_B, nfe_B, cache

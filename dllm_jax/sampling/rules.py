@@ -19,6 +19,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from dllm_jax.diffusion.block import noise_process
 from dllm_jax.diffusion.masked import MaskedProcess
 from dllm_jax.diffusion.uniform import UniformProcess
 from dllm_jax.sampling.ancestral import (
@@ -433,6 +434,7 @@ def make_rule(name: str, process, **options) -> StepRule:
     Raises:
       ValueError: unknown name, or a rule for the other process kind.
     """
+    process = noise_process(process)
     if name == "ancestral":
         return ancestral(process, **options)
     if name not in RULES:

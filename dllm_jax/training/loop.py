@@ -9,7 +9,6 @@ count); a directory from an incompatible config is refused before anything is wr
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -19,101 +18,35 @@ import jax.numpy as jnp
 import numpy as np
 
 from dllm_jax.checkpoint import Checkpointer
-from dllm_jax.config import ExperimentConfig, special_ids
+from dllm_jax.config import ExperimentConfig
 from dllm_jax.data.corpus import make_source
 from dllm_jax.data.pipeline import GlobalBatches, PackedSequences
-from dllm_jax.data.tokenizer import Tokenizer
-from dllm_jax.diffusion import ARObjective, make_objective, training_objective
+from dllm_jax.diffusion import ARObjective, BlockDiffusion, make_objective, training_objective
 from dllm_jax.evaluation.context_use import context_use, make_context_fn, model_apply
 from dllm_jax.evaluation.likelihood import LN2, stratified_likelihood
-from dllm_jax.evaluation.quality import Judge, judge_from_model
-from dllm_jax.files import read_json, write_atomic
 from dllm_jax.nn.model import apply_model
 from dllm_jax.sampling import ancestral, example_keys, sample
+from dllm_jax.sampling.canvas import round_up
+from dllm_jax.sampling.generate import generate
 from dllm_jax.sampling.kv_decode import ar_sample_cached
 from dllm_jax.sharding import make_mesh
 from dllm_jax.training.metrics_log import MetricsLogger
+from dllm_jax.training.run_dir import (  # noqa: F401 (re-exported: where users found them)
+    check_compatible,
+    init_params,
+    load_judge,
+    load_or_train_tokenizer,
+    load_run,
+    saved_config,
+    write_config,
+)
 from dllm_jax.training.state import create_train_state
 from dllm_jax.training.step import jit_train_step, make_eval_step, make_train_step
-
-# Fields that must match to resume: everything that shapes the state or the data stream.
-# The mesh may change: checkpoints restore into whatever sharding the new mesh gives.
-_RESUME_KEYS = ("model", "noise", "data")
 
 
 def _say(*args):
     if jax.process_index() == 0:
         print(*args, flush=True)
-
-
-def check_compatible(saved: dict, exp: ExperimentConfig) -> None:
-    """Raise if a run directory was made by a config this run cannot resume.
-
-    A field the saved config lacks (written before the field existed) counts as its default.
-    """
-    new = exp.to_dict()
-    diffs = []
-    for key in _RESUME_KEYS:
-        for field, value in new[key].items():
-            old = saved.get(key, {}).get(field, _field_default(getattr(exp, key), field))
-            if isinstance(old, list):
-                old = tuple(old)
-            if old != value:
-                diffs.append(f"{key}.{field}: checkpoint has {old!r}, config has {value!r}")
-    if diffs:
-        raise ValueError("run directory holds a checkpoint from an incompatible config:\n  " + "\n  ".join(diffs))
-
-
-def _field_default(section, field: str):
-    f = next(f for f in dataclasses.fields(section) if f.name == field)
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-
-
-def saved_config(run_dir: Path) -> dict | None:
-    """The config a run directory was trained with: its latest checkpoint's, else config.json.
-
-    The checkpoint's own metadata is the authority (``config.json`` may be missing or stale);
-    None for a fresh directory.
-    """
-    ckpt_dir = run_dir / "checkpoints"
-    if ckpt_dir.is_dir():
-        ckpt = Checkpointer(ckpt_dir)
-        try:
-            if ckpt.latest_step() is not None:
-                config = ckpt.metadata().get("config")
-                if config is not None:
-                    return config
-        finally:
-            ckpt.close()
-    config_file = run_dir / "config.json"
-    return read_json(config_file) if config_file.exists() else None
-
-
-def _write_config(run_dir: Path, exp: ExperimentConfig) -> None:
-    """Write config.json atomically, only when it changes, naming what changed on a resume."""
-    config_file = run_dir / "config.json"
-    text = json.dumps(exp.to_dict(), indent=2)
-    if config_file.exists():
-        old_text = config_file.read_text()
-        if old_text == text:
-            return
-        try:
-            old = json.loads(old_text)
-        except json.JSONDecodeError:
-            old = {}
-        new = exp.to_dict()
-        changed = [f"{k}.{f}: {old.get(k, {}).get(f)!r} -> {v!r}" for k in new if isinstance(new[k], dict)
-                   for f, v in new[k].items() if _jsonable(old.get(k, {}).get(f)) != _jsonable(v)]
-        if changed:
-            _say("config.json updated for this resume (each checkpoint keeps the config it was saved with): "
-                 + "; ".join(changed))
-    write_atomic(config_file, text)
-
-
-def _jsonable(v):
-    return json.loads(json.dumps(v))
 
 
 def _check_finite(first_step: int, losses, state) -> None:
@@ -135,26 +68,6 @@ def _all_finite(tree):
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
-def load_or_train_tokenizer(exp: ExperimentConfig, run_dir: Path) -> Tokenizer:
-    stored = run_dir / "tokenizer.model"
-    if exp.data.tokenizer:
-        tok = Tokenizer.load(exp.data.tokenizer)
-    elif stored.exists():
-        tok = Tokenizer.load(stored)
-    else:
-        source = make_source(exp.data.source, "train")
-        # Deterministic in (corpus, vocab, seed): every process trains the same model.
-        path = stored if jax.process_index() == 0 else run_dir / f".tokenizer.{jax.process_index()}.model"
-        tok = Tokenizer.train((source[i] for i in range(len(source))), exp.data.vocab_size, path,
-                              model_type=exp.data.tokenizer_type, seed=exp.data.seed)
-    if tok.num_tokens != exp.model.num_tokens:
-        raise ValueError(
-            f"tokenizer has {tok.num_tokens} pieces but ModelConfig.num_tokens="
-            f"{exp.model.num_tokens}: the checkpoint/model and tokenizer do not match"
-        )
-    return tok
-
-
 def eval_batches(exp, tok, mesh):
     """The run's fixed validation batches: ``loop.eval_batches`` global batches, unshuffled."""
     source = make_source(exp.data.source, "validation")
@@ -171,8 +84,15 @@ class Sampler:
         self._fns = {}
 
     def __call__(self, params, num_steps: int):
+        length = min(self.exp.loop.sample_length, self.exp.model.max_len)
+        keys = example_keys(10_000 + num_steps, jnp.arange(self.exp.loop.num_samples))
+        if isinstance(self.objective, BlockDiffusion):  # block by block, with the exact cache
+            blk = self.objective.block_size
+            rows = [[]] * self.exp.loop.num_samples
+            out = generate(self.graphdef, params, rows, length=round_up(length, blk), rule=ancestral(self.objective),
+                           num_steps=num_steps, seed=10_000 + num_steps, block_size=blk, cache="exact")
+            return out.tokens[:, :length]
         if num_steps not in self._fns:
-            length = min(self.exp.loop.sample_length, self.exp.model.max_len)
             g = self.graphdef
             if isinstance(self.objective, ARObjective):
                 bos = self.objective.bos_id
@@ -181,7 +101,6 @@ class Sampler:
                 rule = ancestral(self.objective)
                 fn = lambda p, k: sample(lambda x, t: apply_model(g, p, x, t), rule, k, length, num_steps)[0]
             self._fns[num_steps] = jax.jit(fn)
-        keys = example_keys(10_000 + num_steps, jnp.arange(self.exp.loop.num_samples))
         return np.asarray(self._fns[num_steps](params, keys))
 
     def texts(self, params, tok) -> dict[int, list[str]]:
@@ -216,9 +135,9 @@ def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = N
     mesh = make_mesh(exp.mesh)
     tok = load_or_train_tokenizer(exp, run_dir)
     if jax.process_index() == 0:
-        _write_config(run_dir, exp)
+        write_config(run_dir, exp)
 
-    objective = make_objective(exp.noise, exp.model.num_tokens)
+    objective = make_objective(exp.noise, exp.model.num_tokens, exp.model)
     graphdef, state, tx = create_train_state(exp.model, exp.train, mesh)
     seqs = PackedSequences(make_source(exp.data.source, "train"), tok, exp.train.seq_len,
                            seed=exp.data.seed, pack=exp.data.pack)
@@ -233,6 +152,8 @@ def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = N
         state, start = restored["state"], int(meta["step"])
         batches.set_state(meta["data_state"])
         _say(f"resumed from step {start} in {run_dir}")
+    elif exp.train.init_from:
+        state = init_params(exp.train.init_from, state, tok)
 
     trained = training_objective(exp.noise, exp.model, objective)  # eval keeps the true bound
     step_fn = jit_train_step(make_train_step(trained, graphdef, tx, exp.train), state, mesh)
@@ -325,40 +246,3 @@ def with_overrides(exp: ExperimentConfig, **sections) -> ExperimentConfig:
     for name, fields in sections.items():
         out[name] = dataclasses.replace(getattr(exp, name), **fields)
     return dataclasses.replace(exp, **out)
-
-
-def load_run(run_dir: str | Path, step: int | None = None, use_ema: bool = True):
-    """Load a finished or running run: (exp, graphdef, params, tokenizer, objective, step).
-
-    Raises a clear error for a directory without a config or without a usable checkpoint.
-    """
-    run_dir = Path(run_dir)
-    config_file = run_dir / "config.json"
-    if not config_file.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
-    try:
-        exp = ExperimentConfig.from_dict(read_json(config_file))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{config_file}: {e}") from None
-    tok = load_or_train_tokenizer(exp, run_dir)
-    mesh = make_mesh(exp.mesh)
-    graphdef, state, _ = create_train_state(exp.model, exp.train, mesh)
-    ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=exp.loop.keep_checkpoints, best_metric="val_loss")
-    restored, meta = ckpt.restore({"state": state}, step=step)
-    ckpt.close()
-    if meta.get("tokenizer_sha256") != tok.sha256:
-        raise ValueError(f"the tokenizer in {run_dir} does not match the one its checkpoint was trained with")
-    state = restored["state"]
-    params = state.ema if (use_ema and state.ema is not None) else state.params
-    return exp, graphdef, params, tok, make_objective(exp.noise, exp.model.num_tokens), int(meta["step"])
-
-
-def load_judge(run_dir, step: int | None = None, use_ema: bool = True) -> Judge:
-    """A causal (AR) model from a run directory (``load_run``).
-
-    Compare ``judge.tokenizer.sha256`` with the samples' tokenizer before scoring: a judge
-    reads token ids, so it must share the tokenizer of the model that made the samples.
-    """
-    exp, graphdef, params, tok, _, loaded_step = load_run(run_dir, step=step, use_ema=use_ema)
-    ids = special_ids(exp.model.num_tokens)
-    return Judge(judge_from_model(graphdef, params), tok, tok.eos_id, ids.bos, ids.pad, loaded_step)

@@ -43,9 +43,10 @@ def gen(attention="block_causal", prompts=PROMPTS, shift=False, **kw):
     return generate(*model(attention, shift=shift), prompts, **kw)
 
 
-def test_exact_cache_equals_recomputation():
-    cached = gen(block_size=BLOCK, cache="exact")
-    full = gen(block_size=BLOCK, cache="none")
+@pytest.mark.parametrize("shift", [False, True])
+def test_exact_cache_equals_recomputation(shift):
+    cached = gen(block_size=BLOCK, cache="exact", shift=shift)
+    full = gen(block_size=BLOCK, cache="none", shift=shift)
     np.testing.assert_array_equal(cached.tokens, full.tokens)
     # Recomputation spends K passes per block with something to generate; the cache adds one
     # pass per block (writing its keys and values), prompt-only blocks included.

@@ -1,0 +1,134 @@
+"""Block diffusion (BD3-LM): AR over blocks, a noise process inside each block.
+
+The sequence is cut into blocks of ``block_size`` tokens. Block b is corrupted at its own
+time t_b and denoised given the *clean* blocks before it, so the negative ELBO is a sum
+over blocks of the process's bound of block b conditioned on x^{<b}:
+
+    -log p(x) = sum_b -log p(x^b | x^{<b})
+             <= sum_b int_0^1 E_{x_t^b ~ q_t(.|x^b)} [ sum_{l in b} elbo_terms(x_t^b, x^b, t)_l ] dt.
+
+One network pass computes every block's term: the model's two-stream forward over
+[x_t, x_0] (``Transformer.two_stream``), whose mask shows noisy block b itself and the
+clean blocks < b, exactly the conditioning of cached block-by-block generation.
+
+Block size 1 is the AR objective (a single masked token's bound integrates to its NLL
+given the clean past); block size L is the process's own full-sequence objective (one
+block, one t, the same corruption keys: equal to ``process.loss_sums`` of a bidirectional
+model with the same weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from dllm_jax.diffusion.base import NoiseProcess, Objective, token_nll
+from dllm_jax.diffusion.times import TimeSampler
+
+_PERMUTE_SALT = 0x424C4B  # "BLK": the per-example permutation of block time strata
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockDiffusion(Objective):
+    """The block NELBO of ``process`` with blocks of ``block_size`` tokens.
+
+    Attributes:
+      process: the noise process inside a block (masked, uniform, or any ``NoiseProcess``).
+      block_size: tokens per block; the sequence length must be a multiple of it.
+      times: the training-time sampler (a recipe's; BD3-LM's clipped schedules are
+        ``TimeSampler("uniform", low, high)``). None: uniform on [t_min, t_max], the bound.
+      weighting: ``elbo`` (the bound's weights) or ``flat`` (cross-entropy on the
+        corrupted tokens, normalised by their number).
+
+    Times: example i's uniform u_i (stratified over the global batch) becomes one time per
+    block, u_{i,j} = (u_i + pi_i(j)) / n with pi_i a permutation of the n blocks drawn from
+    the example's key: the B * n times are stratified over the global batch of blocks, and
+    every block position sees the whole range of t.
+
+    ``apply_fn`` is called as ``apply_fn(noisy_BL, t_BN, clean_BL=tokens_BL)`` with t_BN the
+    per-block times (B, n): a model ignores them (block models are not time-conditioned),
+    an exact oracle reads them.
+    """
+
+    process: NoiseProcess
+    block_size: int
+    times: TimeSampler | None = None
+    weighting: str = "elbo"
+
+    def __post_init__(self):
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"BlockDiffusion.block_size must be an integer >= 1, got {self.block_size!r}")
+        if self.weighting not in ("elbo", "flat"):
+            raise ValueError(f"BlockDiffusion.weighting must be 'elbo' or 'flat', got {self.weighting!r}")
+
+    @property
+    def num_tokens(self) -> int:
+        return self.process.num_tokens
+
+    @property
+    def sampler(self) -> TimeSampler:
+        if self.times is not None:
+            return self.times
+        return TimeSampler("uniform", self.process.t_min, self.process.t_max)
+
+    def num_blocks(self, length: int) -> int:
+        if length % self.block_size:
+            raise ValueError(f"sequence length {length} is not a multiple of block_size={self.block_size}")
+        return length // self.block_size
+
+    def block_keys_and_uniforms(self, keys_B, u_B, length: int):
+        """(keys (B * n,), uniforms (B * n,)) of the n blocks of each example, row-major.
+
+        With a single block these are the example's own key and uniform.
+        """
+        n = self.num_blocks(length)
+        if n == 1:
+            return keys_B, u_B
+        blocks_N = jnp.arange(n)
+        keys_BN = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(blocks_N))(keys_B)
+        perm_BN = jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, _PERMUTE_SALT), n))(keys_B)
+        u_BN = (u_B[:, None] + perm_BN) / n
+        return keys_BN.reshape(-1), u_BN.reshape(-1)
+
+    def training_loss(self, apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B):
+        terms_BL, scored_BL = self._terms(apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B)
+        return jnp.where(scored_BL, terms_BL, 0.0)
+
+    def loss_sums(self, apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B, progress=0.0):
+        del progress
+        terms_BL, scored_BL = self._terms(apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B)
+        return jnp.sum(jnp.where(scored_BL, terms_BL, 0.0)), jnp.sum(scored_BL)
+
+    def corrupt_blocks(self, keys_B, tokens_BL, loss_mask_BL, u_B):
+        """(x_t (B, L) with every block at its own time, the times t_BN (B, n))."""
+        B, L = tokens_BL.shape
+        n = self.num_blocks(L)
+        keys_R, u_R = self.block_keys_and_uniforms(keys_B, u_B, L)
+        t_R = self.sampler(u_R)
+        noisy_RC = self.process.corrupt(keys_R, tokens_BL.reshape(B * n, self.block_size), t_R)
+        noisy_BL = jnp.where(loss_mask_BL, noisy_RC.reshape(B, L), tokens_BL)
+        return noisy_BL, t_R.reshape(B, n)
+
+    def _terms(self, apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B):
+        B, L = tokens_BL.shape
+        n, C = self.num_blocks(L), self.block_size
+        noisy_BL, t_BN = self.corrupt_blocks(keys_B, tokens_BL, loss_mask_BL, u_B)
+        logits_BLV = apply_fn(noisy_BL, t_BN, clean_BL=tokens_BL)
+        if self.weighting == "flat":
+            scored_BL = loss_mask_BL & self.process.denoising_positions(noisy_BL)
+            return token_nll(logits_BLV, tokens_BL, self.num_tokens), scored_BL
+        times = self.sampler
+        width = times.high - times.low if times.distribution == "uniform" else 1.0
+        terms_RC = width * self.process.elbo_terms(
+            logits_BLV.reshape(B * n, C, -1), tokens_BL.reshape(B * n, C), noisy_BL.reshape(B * n, C),
+            t_BN.reshape(-1),
+        )
+        return terms_RC.reshape(B, L), loss_mask_BL
+
+
+def noise_process(objective):
+    """The noise process that samplers step with: a block objective's inner process, or the
+    objective itself."""
+    return objective.process if isinstance(objective, BlockDiffusion) else objective

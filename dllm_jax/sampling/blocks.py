@@ -1,0 +1,140 @@
+"""The block loop shared by ``generate`` and exact-oracle tests.
+
+A canvas is generated block by block: inside a block, K steps of a step rule under
+``jax.lax.scan``; blocks are a second scan. What the loop needs of a model is a
+``BlockDenoiser``: the logits of the block being generated, and (for the exact cache) how a
+finished block is stored for later ones. ``generate`` supplies one around a Transformer
+(its cache modes); ``sample_blocks`` runs the loop for any denoiser, e.g. the exact
+block-conditional oracle of a tiny distribution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from dllm_jax.sampling.canvas import stop_hits
+from dllm_jax.sampling.draws import prior_keys
+from dllm_jax.sampling.driver import StepRule, check_num_steps, run_sampler
+
+
+class StepDenoiser:
+    """A denoise callable that states whether it reads t (the cached rule needs not)."""
+
+    def __init__(self, fn, time_conditioned: bool, passes: int = 1):
+        self.fn, self.time_conditioned, self.passes = fn, time_conditioned, passes
+
+    def __call__(self, tokens_BL, t_B):
+        return self.fn(tokens_BL, t_B)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Static settings of one compiled generation (hashable: a jit static argument)."""
+
+    rule: StepRule
+    num_steps: int
+    block: int
+    num_blocks: int
+    cache: str
+    stops: tuple[tuple[int, ...], ...]
+    eos_id: int | None
+    guidance: float
+    mask_id: int
+    pad_id: int
+
+
+class BlockDenoiser:
+    """What the block loop needs of a model: logits of a block given the canvas, and (for a
+    cache) how a finished block is stored. ``cache`` is whatever the denoiser keeps across
+    blocks (a KV cache for a Transformer, the clean canvas for an exact oracle)."""
+
+    time_conditioned: bool = False
+    passes: int = 1
+
+    def refresh(self, cache, tokens_BS):
+        """(cache, extra passes) at a block's start (the approximate cache's full pass)."""
+        return cache, 0
+
+    def chunk_logits(self, cache, tokens_BS, x_BC, start, t_B):
+        """Logits (B, C, V) of the block at ``start`` holding ``x_BC``, the rest of the canvas
+        as in ``tokens_BS``."""
+        raise NotImplementedError
+
+    def write(self, cache, new_BC, start):
+        """The cache with a finished block written (exact cache only)."""
+        raise NotImplementedError
+
+
+def run_blocks(denoiser: BlockDenoiser, plan: Plan, keys_B, tokens_BS, fixed_BS, prompt_len_B, end_B,
+               cached_blocks_B, cache):
+    """The block loop of ``generate`` (traceable): K steps of the rule per block, blocks in a
+    scan, finished blocks written to the cache (``plan.cache == "exact"``), rows stopped at
+    the end of the block where a stop sequence ends.
+
+    Returns:
+      (tokens_BS, ends_B, stopped_B, nfe_B, cache).
+    """
+    B, S = tokens_BS.shape
+    C = plan.block
+    pos_S = jnp.arange(S)
+    tokens_BS = jnp.where(fixed_BS, tokens_BS, plan.rule.prior(prior_keys(keys_B, pos_S)))
+    stops = plan.stops + (((plan.eos_id,),) if plan.eos_id is not None else ())
+
+    def block_body(carry, j):
+        tokens_BS, cache, nfe_B, done_B, stop_end_B, stopped_B = carry
+        start = j * C
+        cols_C = start + jnp.arange(C)
+        chunk_BC = jax.lax.dynamic_slice_in_dim(tokens_BS, start, C, axis=1)
+        fixed_BC = jax.lax.dynamic_slice_in_dim(fixed_BS, start, C, axis=1) | done_B[:, None]
+        active_B = jnp.any(~fixed_BC, axis=1)
+        block_keys_B = jax.vmap(jax.random.fold_in, (0, None))(keys_B, j)
+
+        def steps(cache):
+            cache, extra = denoiser.refresh(cache, tokens_BS)
+            denoise = StepDenoiser(lambda x_BC, t_B: denoiser.chunk_logits(cache, tokens_BS, x_BC, start, t_B),
+                                denoiser.time_conditioned, passes=denoiser.passes)
+            new_BC, used_B = run_sampler(denoise, plan.rule, chunk_BC, block_keys_B, plan.num_steps, fixed_BC, cols_C)
+            return new_BC, used_B + extra
+
+        def skip(cache):
+            return chunk_BC, jnp.zeros((B,), jnp.int32)
+
+        new_BC, used_B = jax.lax.cond(jnp.any(active_B), steps, skip, cache)
+        nfe_B = nfe_B + jnp.where(active_B, used_B, 0)
+        tokens_BS = jax.lax.dynamic_update_slice_in_dim(tokens_BS, new_BC, start, axis=1)
+        if plan.cache == "exact":
+            write_B = ~done_B & (j >= cached_blocks_B) & (start < end_B)
+            cache = jax.lax.cond(jnp.any(write_B), lambda c: denoiser.write(c, new_BC, start), lambda c: c, cache)
+            nfe_B = nfe_B + write_B
+        if stops:
+            found_B, p_B, which_B = stop_hits(tokens_BS, cols_C, stops, prompt_len_B, end_B)
+            found_B &= active_B
+            stop_end_B = jnp.where(found_B, p_B + 1, stop_end_B)
+            stopped_B = jnp.where(found_B, which_B, stopped_B)
+            done_B = done_B | found_B
+        return (tokens_BS, cache, nfe_B, done_B, stop_end_B, stopped_B), None
+
+    zeros_B = jnp.zeros((B,), jnp.int32)
+    carry = (tokens_BS, cache, zeros_B, jnp.zeros((B,), bool), end_B, zeros_B - 1)
+    (tokens_BS, cache, nfe_B, _, stop_end_B, stopped_B), _ = jax.lax.scan(block_body, carry, jnp.arange(plan.num_blocks))
+    tokens_BS = jnp.where(pos_S[None] < stop_end_B[:, None], tokens_BS, plan.pad_id)
+    return tokens_BS, stop_end_B, stopped_B, nfe_B, cache
+
+
+def sample_blocks(denoiser: BlockDenoiser, rule: StepRule, keys_B, *, length: int, block_size: int, num_steps: int,
+                  cache, pad_id: int = -1):
+    """Unprompted block-by-block sampling with the exact cache for any ``BlockDenoiser``
+    (e.g. an exact oracle: ``tests/sampling/test_block_oracle.py``). ``cache`` is the
+    denoiser's empty cache; ``length`` a multiple of ``block_size``. Returns (tokens, nfe)."""
+    if length % block_size:
+        raise ValueError(f"length {length} must be a multiple of block_size={block_size}")
+    B = keys_B.shape[0]
+    plan = Plan(rule, check_num_steps(num_steps), block_size, length // block_size, "exact", (), None, 0.0, -1,
+                 pad_id)
+    tokens = jnp.full((B, length), pad_id, jnp.int32)
+    out = run_blocks(denoiser, plan, keys_B, tokens, jnp.zeros((B, length), bool), jnp.zeros((B,), jnp.int32),
+                     jnp.full((B,), length, jnp.int32), jnp.zeros((B,), jnp.int32), cache)
+    return out[0], out[3]

@@ -1,0 +1,201 @@
+"""A run directory: its config, tokenizer and checkpoints, loaded and checked.
+
+``load_run`` / ``load_judge`` read a run; ``saved_config`` and ``check_compatible`` decide
+whether a config may resume one (from the checkpoint's own metadata, before anything is
+written); ``init_params`` starts a new run's parameters from another run
+(``TrainConfig.init_from``: e.g. an AR model adapted into a diffusion model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from dllm_jax.checkpoint import Checkpointer
+from dllm_jax.config import ExperimentConfig, special_ids
+from dllm_jax.data.corpus import make_source
+from dllm_jax.data.tokenizer import Tokenizer
+from dllm_jax.diffusion import make_objective
+from dllm_jax.evaluation.quality import Judge, judge_from_model
+from dllm_jax.files import read_json, write_atomic
+from dllm_jax.sharding import make_mesh
+from dllm_jax.training.state import TrainState, create_train_state
+
+# Fields that must match to resume: everything that shapes the state or the data stream.
+# The mesh may change: checkpoints restore into whatever sharding the new mesh gives.
+_RESUME_KEYS = ("model", "noise", "data")
+
+
+def _say(*args):
+    if jax.process_index() == 0:
+        print(*args, flush=True)
+
+
+def check_compatible(saved: dict, exp: ExperimentConfig) -> None:
+    """Raise if a run directory was made by a config this run cannot resume.
+
+    A field the saved config lacks (written before the field existed) counts as its default.
+    """
+    new = exp.to_dict()
+    diffs = []
+    for key in _RESUME_KEYS:
+        for field, value in new[key].items():
+            old = saved.get(key, {}).get(field, _field_default(getattr(exp, key), field))
+            if isinstance(old, list):
+                old = tuple(old)
+            if old != value:
+                diffs.append(f"{key}.{field}: checkpoint has {old!r}, config has {value!r}")
+    if diffs:
+        raise ValueError("run directory holds a checkpoint from an incompatible config:\n  " + "\n  ".join(diffs))
+
+
+def _field_default(section, field: str):
+    f = next(f for f in dataclasses.fields(section) if f.name == field)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def saved_config(run_dir: Path) -> dict | None:
+    """The config a run directory was trained with: its latest checkpoint's, else config.json.
+
+    The checkpoint's own metadata is the authority (``config.json`` may be missing or stale);
+    None for a fresh directory.
+    """
+    ckpt_dir = run_dir / "checkpoints"
+    if ckpt_dir.is_dir():
+        ckpt = Checkpointer(ckpt_dir)
+        try:
+            if ckpt.latest_step() is not None:
+                config = ckpt.metadata().get("config")
+                if config is not None:
+                    return config
+        finally:
+            ckpt.close()
+    config_file = run_dir / "config.json"
+    return read_json(config_file) if config_file.exists() else None
+
+
+def write_config(run_dir: Path, exp: ExperimentConfig) -> None:
+    """Write config.json atomically, only when it changes, naming what changed on a resume."""
+    config_file = run_dir / "config.json"
+    text = json.dumps(exp.to_dict(), indent=2)
+    if config_file.exists():
+        old_text = config_file.read_text()
+        if old_text == text:
+            return
+        try:
+            old = json.loads(old_text)
+        except json.JSONDecodeError:
+            old = {}
+        new = exp.to_dict()
+        changed = [f"{k}.{f}: {old.get(k, {}).get(f)!r} -> {v!r}" for k in new if isinstance(new[k], dict)
+                   for f, v in new[k].items() if _jsonable(old.get(k, {}).get(f)) != _jsonable(v)]
+        if changed:
+            _say("config.json updated for this resume (each checkpoint keeps the config it was saved with): "
+                 + "; ".join(changed))
+    write_atomic(config_file, text)
+
+
+def _jsonable(v):
+    return json.loads(json.dumps(v))
+
+
+def load_or_train_tokenizer(exp: ExperimentConfig, run_dir: Path) -> Tokenizer:
+    stored = run_dir / "tokenizer.model"
+    if exp.data.tokenizer:
+        tok = Tokenizer.load(exp.data.tokenizer)
+    elif stored.exists():
+        tok = Tokenizer.load(stored)
+    else:
+        source = make_source(exp.data.source, "train")
+        # Deterministic in (corpus, vocab, seed): every process trains the same model.
+        path = stored if jax.process_index() == 0 else run_dir / f".tokenizer.{jax.process_index()}.model"
+        tok = Tokenizer.train((source[i] for i in range(len(source))), exp.data.vocab_size, path,
+                              model_type=exp.data.tokenizer_type, seed=exp.data.seed)
+    if tok.num_tokens != exp.model.num_tokens:
+        raise ValueError(
+            f"tokenizer has {tok.num_tokens} pieces but ModelConfig.num_tokens="
+            f"{exp.model.num_tokens}: the checkpoint/model and tokenizer do not match"
+        )
+    return tok
+
+
+def load_run(run_dir: str | Path, step: int | None = None, use_ema: bool = True):
+    """Load a finished or running run: (exp, graphdef, params, tokenizer, objective, step).
+
+    Raises a clear error for a directory without a config or without a usable checkpoint.
+    """
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
+    try:
+        exp = ExperimentConfig.from_dict(read_json(config_file))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{config_file}: {e}") from None
+    tok = load_or_train_tokenizer(exp, run_dir)
+    mesh = make_mesh(exp.mesh)
+    graphdef, state, _ = create_train_state(exp.model, exp.train, mesh)
+    ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=exp.loop.keep_checkpoints, best_metric="val_loss")
+    restored, meta = ckpt.restore({"state": state}, step=step)
+    ckpt.close()
+    if meta.get("tokenizer_sha256") != tok.sha256:
+        raise ValueError(f"the tokenizer in {run_dir} does not match the one its checkpoint was trained with")
+    state = restored["state"]
+    params = state.ema if (use_ema and state.ema is not None) else state.params
+    return exp, graphdef, params, tok, make_objective(exp.noise, exp.model.num_tokens, exp.model), int(meta["step"])
+
+
+def load_judge(run_dir, step: int | None = None, use_ema: bool = True) -> Judge:
+    """A causal (AR) model from a run directory (``load_run``).
+
+    Compare ``judge.tokenizer.sha256`` with the samples' tokenizer before scoring: a judge
+    reads token ids, so it must share the tokenizer of the model that made the samples.
+    """
+    exp, graphdef, params, tok, _, loaded_step = load_run(run_dir, step=step, use_ema=use_ema)
+    ids = special_ids(exp.model.num_tokens)
+    return Judge(judge_from_model(graphdef, params), tok, tok.eos_id, ids.bos, ids.pad, loaded_step)
+
+
+def init_params(source: str | Path, state: TrainState, tok: Tokenizer) -> TrainState:
+    """``state`` with its parameters (and EMA) taken from the run in ``source``.
+
+    The source's latest checkpoint is read (its EMA weights if it kept them). Every
+    parameter of the new model must exist in the source with the same shape, except those
+    the new model adds (e.g. time conditioning's adaLN-Zero layers, which start as the
+    identity): these keep their fresh initialisation. Attention kind, block size and
+    ``shift`` may differ: they change no parameter. The tokenizers must be identical. The
+    optimiser state is fresh (Adam's moments start at zero whatever the parameters).
+    """
+    source = Path(source)
+    src_exp, _, src_params, src_tok, _, src_step = load_run(source)
+    if src_tok.sha256 != tok.sha256:
+        raise ValueError(f"TrainConfig.init_from={str(source)!r}: its tokenizer differs from this run's "
+                         "(both must tokenize the same text the same way)")
+    src = dict(jax.tree_util.tree_flatten_with_path(src_params)[0])
+    dst_leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
+    leaves, fresh, wrong = [], [], []
+    for path, leaf in dst_leaves:
+        name = jax.tree_util.keystr(path)
+        if path not in src:
+            fresh.append(name)
+            leaves.append(leaf)
+        elif src[path].shape != leaf.shape:
+            wrong.append(f"{name}: source {src[path].shape}, this model {leaf.shape}")
+        else:
+            leaves.append(jax.device_put(np.asarray(src[path], leaf.dtype), leaf.sharding))
+    if wrong:
+        raise ValueError(f"TrainConfig.init_from={str(source)!r} has parameters of other shapes (the backbones "
+                         "must have the same sizes):\n  " + "\n  ".join(wrong))
+    params = jax.tree.unflatten(jax.tree.structure(state.params), leaves)
+    _say(f"initialised from {source} (step {src_step}, {src_exp.noise.process}, attention "
+         f"{src_exp.model.attention}): {len(leaves) - len(fresh)} parameter arrays copied"
+         + (f", {len(fresh)} new ones kept at their initialisation ({', '.join(fresh[:4])}"
+            f"{', ...' if len(fresh) > 4 else ''})" if fresh else ""))
+    ema = None if state.ema is None else jax.tree.map(lambda p: p.copy(), params)
+    return state.replace(params=params, ema=ema)

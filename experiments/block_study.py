@@ -1,0 +1,143 @@
+"""Block diffusion (BD3-LM) and AR adaptation at the quickstart budget, beside AR.
+
+Every run reads the same training tokens (2400 steps x 4 x 128 = 1.23M, the quickstart's
+budget) from the embedded corpus and reports its validation bound (nats per token; AR's is
+exact). Adapted runs spend half the budget as AR (``ar_half``) and half as diffusion
+initialised from it (``TrainConfig.init_from``), so their total equals the AR run's.
+
+    python -m experiments.block_study                  # every variant, in order
+    python -m experiments.block_study --only ar block4
+    python -m experiments.block_study --report         # table from saved records
+
+Runs are kept under ``--runs`` (a finished run is read back, not retrained); the table and
+``results.json`` go to ``--out`` (default ``benchmarks/block``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+from dllm_jax.config import ExperimentConfig, NoiseConfig
+from dllm_jax.training.loop import train
+from experiments import configs
+
+STEPS = 2400
+HALF = STEPS // 2
+
+
+def _replace(exp: ExperimentConfig, name: str, *, model=None, noise=None, train_=None, loop=None) -> ExperimentConfig:
+    return dataclasses.replace(
+        exp, name=name,
+        model=dataclasses.replace(exp.model, **(model or {})),
+        noise=noise if noise is not None else exp.noise,
+        train=dataclasses.replace(exp.train, **(train_ or {})),
+        loop=dataclasses.replace(exp.loop, **(loop or {})),
+    )
+
+
+def block(block_size: int, *, shift: bool = True, noise: NoiseConfig | None = None, name: str = "") -> ExperimentConfig:
+    """The quickstart's masked model as a block diffusion model trained with the BD3 NELBO."""
+    base = configs.quickstart("masked")
+    return _replace(base, name or f"block{block_size}", model=dict(attention="block_causal", block_size=block_size,
+                                                               shift=shift),
+                    noise=noise or NoiseConfig(process="masked", time_distribution="logit_normal"))
+
+
+def ar_half() -> ExperimentConfig:
+    base = configs.quickstart("ar")
+    return _replace(base, "ar_half", train_=dict(steps=HALF, warmup_steps=HALF // 10),
+                    loop=dict(eval_every=HALF, checkpoint_every=HALF))
+
+
+def adapted(runs: Path, name: str, *, block_size: int | None, shift: bool, lr: float = 1e-3) -> ExperimentConfig:
+    """Half the budget of AR, then half as diffusion initialised from it."""
+    exp = block(block_size, shift=shift) if block_size else configs.quickstart("masked")
+    if not block_size:  # bidirectional, Dream-style: shift, no AR curriculum (the AR phase came first)
+        exp = _replace(exp, name, model=dict(shift=shift),
+                       noise=NoiseConfig(process="masked", time_distribution="logit_normal"))
+    return _replace(exp, name, train_=dict(steps=HALF, warmup_steps=HALF // 10, lr=lr,
+                                           init_from=str(runs / "ar_half")),
+                    loop=dict(eval_every=HALF, checkpoint_every=HALF))
+
+
+def variants(runs: Path) -> dict[str, ExperimentConfig]:
+    return {
+        "ar": configs.quickstart("ar"),
+        "full": configs.quickstart("masked"),
+        "block4": block(4),
+        "block16": block(16),
+        "ar_half": ar_half(),
+        "adapt_block4": adapted(runs, "adapt_block4", block_size=4, shift=True),
+        "adapt_block4_noshift": adapted(runs, "adapt_block4_noshift", block_size=4, shift=False),
+        "adapt_block16": adapted(runs, "adapt_block16", block_size=16, shift=True),
+        "adapt_full": adapted(runs, "adapt_full", block_size=None, shift=True),
+    }
+
+
+def run_one(name: str, exp: ExperimentConfig, runs: Path) -> dict:
+    run_dir = runs / name
+    record_file = run_dir / "record.json"
+    if record_file.exists():
+        return json.loads(record_file.read_text())
+    t0 = time.perf_counter()
+    result = train(exp, run_dir, verbose=False)
+    record = {
+        "name": name, "process": exp.noise.process, "attention": exp.model.attention,
+        "block_size": exp.model.block_size if exp.model.attention == "block_causal" else None,
+        "shift": exp.model.shift, "init_from": exp.train.init_from, "steps": exp.train.steps,
+        "tokens": exp.train.steps * exp.train.batch_size * exp.train.seq_len,
+        "val_loss": result["val_loss"], "val_ppl": result["val_ppl"],
+        "nll_t0.10": result.get("nll_t0.10"), "wall_seconds": time.perf_counter() - t0,
+        "train_tokens_per_second": result["tokens_per_second"],
+        "samples": {str(k): v for k, v in result["samples"].items()},
+    }
+    record_file.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def report(records: dict[str, dict], out: Path) -> str:
+    ar = records.get("ar")
+    lines = ["| run | attention | block | shift | init | data tokens | bound (nats) | ppl | ppl / AR ppl | train wall (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in records.items():
+        tokens = r["tokens"] + (records["ar_half"]["tokens"] if r["init_from"] and "ar_half" in records else 0)
+        ratio = f"{math.exp(r['val_loss'] - ar['val_loss']):.2f}x" if ar else "-"
+        lines.append(f"| {name} | {r['attention']} | {r['block_size'] or '-'} | {r['shift']} | "
+                     f"{'ar_half' if r['init_from'] else '-'} | {tokens:,} | {r['val_loss']:.3f} | "
+                     f"{r['val_ppl']:.1f} | {ratio} | {r['wall_seconds']:.0f} |")
+    table = "\n".join(lines)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(records, indent=1))
+    (out / "results.md").write_text(table + "\n")
+    return table
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="runs/block")
+    parser.add_argument("--out", default="benchmarks/block")
+    parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--report", action="store_true")
+    args = parser.parse_args(argv)
+    runs = Path(args.runs)
+    table = variants(runs)
+    names = args.only or list(table)
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; expected some of {list(table)}")
+    if not args.report:
+        for name in names:  # in the order given (adaptations need ar_half first)
+            r = run_one(name, table[name], runs)
+            print(f"{name:22s} bound {r['val_loss']:.3f} (ppl {r['val_ppl']:.1f}) | {r['wall_seconds']:.0f}s", flush=True)
+    records = {n: json.loads((runs / n / "record.json").read_text()) for n in table
+               if (runs / n / "record.json").exists()}
+    print(report(records, Path(args.out)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Block diffusion with real tiny Transformers: the two-stream training forward against the
+cached generation forward, and the two ends of the block size.
+
+* Train/test agreement: for the same clean prefix and noisy block, the logits of the
+  two-stream forward (training) equal those of ``canvas_chunk`` against a cache holding the
+  finished blocks (generation), for plain and ``shift`` models.
+* Block size L: ``BlockDiffusion`` is the process's own full-sequence loss of the same
+  weights run bidirectionally (same keys, same times).
+* Block size 1: each masked token's loss is the ELBO weight times the model's NLL of it
+  given the clean past (the weight integrates to 1 over t: the AR objective).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from dllm_jax.config import DataConfig, ExperimentConfig, MeshConfig, ModelConfig, NoiseConfig, TrainConfig
+from dllm_jax.diffusion import BlockDiffusion, make_objective, token_nll, training_objective
+from dllm_jax.evaluation.eval_step import batch_loss
+from dllm_jax.nn import create_model
+from dllm_jax.sharding import make_mesh
+
+V, L, B, BLOCK = 11, 16, 3, 4
+BASE = dict(num_tokens=V, d_model=32, num_heads=4, num_layers=2, max_len=L, attention="block_causal",
+            block_size=BLOCK, attention_bias="alibi")
+
+
+def block_model(**kw):
+    return create_model(ModelConfig(**{**BASE, **kw}), make_mesh(MeshConfig()), seed=3)
+
+
+def cached_forward(graphdef, size):
+    """Jitted (write, read) of generation's exact cache for chunks of ``size``: ``write(params,
+    chunk, start, cache) -> cache`` and ``read(params, canvas, start, cache) -> logits``."""
+    write = jax.jit(lambda p, chunk, start, cache: nnx.merge(graphdef, p).write_chunk(chunk, start, cache))
+    read = jax.jit(lambda p, canvas, start, cache: nnx.merge(graphdef, p).canvas_chunk(canvas, start, size, cache))
+    return write, read
+
+
+def batch(seed=0):
+    rng = np.random.default_rng(seed)
+    tokens = jnp.asarray(rng.integers(0, V, (B, L)), jnp.int32)
+    return {"tokens": tokens, "loss_mask": jnp.ones((B, L), bool), "index": jnp.arange(B)}
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_two_stream_logits_equal_the_cached_generation_forward(shift):
+    graphdef, params = block_model(shift=shift)
+    model = nnx.merge(graphdef, params)
+    objective = make_objective(NoiseConfig(process="masked"), V, model.config)
+    data = batch()
+    keys_B = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(7), i))(data["index"])
+    noisy_BL, _ = objective.corrupt_blocks(keys_B, data["tokens"], data["loss_mask"], jnp.array([0.2, 0.5, 0.8]))
+    assert bool(jnp.any(noisy_BL != data["tokens"]))
+    train_BLV = model(noisy_BL, None, clean_BL=data["tokens"])
+    write, read = cached_forward(graphdef, BLOCK)
+    cache = model.init_cache(B, L)
+    for b in range(L // BLOCK):
+        start = b * BLOCK
+        canvas = data["tokens"].at[:, start:start + BLOCK].set(noisy_BL[:, start:start + BLOCK])
+        canvas = canvas.at[:, start + BLOCK:].set(0)  # later blocks are not attended to
+        test_BCV = read(params, canvas, start, cache)
+        np.testing.assert_allclose(train_BLV[:, start:start + BLOCK], test_BCV, atol=2e-5, rtol=1e-5)
+        # the finished block enters the cache as generation writes it
+        cache = write(params, data["tokens"][:, start:start + BLOCK], start, cache)
+
+
+def test_block_size_L_is_the_full_sequence_objective():
+    graphdef, params = block_model(block_size=L)
+    bidir_graphdef, _ = create_model(ModelConfig(**{**BASE, "attention": "bidirectional"}), make_mesh(MeshConfig()))
+    noise = NoiseConfig(process="masked")
+    block = make_objective(noise, V, nnx.merge(graphdef, params).config)
+    process = make_objective(noise, V)
+    assert isinstance(block, BlockDiffusion) and block.process == process
+    data, key = batch(1), jax.random.key(5)
+    got = batch_loss(block, graphdef, params, data, key, 0.3)
+    want = batch_loss(process, bidir_graphdef, params, data, key, 0.3)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_block_size_1_scores_each_token_given_its_clean_past():
+    graphdef, params = block_model(block_size=1)
+    model = nnx.merge(graphdef, params)
+    objective = make_objective(NoiseConfig(process="masked"), V, model.config)
+    data = batch(2)
+    keys_B = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(9), i))(data["index"])
+    u_B = (jnp.arange(B) + 0.37) / B
+    loss_BL = objective.training_loss(
+        lambda x, t, clean_BL: model(x, t, clean_BL=clean_BL), keys_B, data["tokens"], data["loss_mask"], u_B)
+    noisy_BL, t_BL = objective.corrupt_blocks(keys_B, data["tokens"], data["loss_mask"], u_B)
+    masked_BL = noisy_BL == objective.process.mask_id
+    assert 0 < int(masked_BL.sum()) < B * L
+    # The model's NLL of token l given the clean tokens < l and a mask at l: generation's view.
+    write, read = cached_forward(graphdef, 1)
+    nll_BL, cache = jnp.zeros((B, L)), model.init_cache(B, L)
+    for pos in range(L):
+        canvas = data["tokens"].at[:, pos].set(objective.process.mask_id)
+        logits = read(params, canvas, pos, cache)
+        nll_BL = nll_BL.at[:, pos].set(token_nll(logits, data["tokens"][:, pos:pos + 1], V)[:, 0])
+        cache = write(params, data["tokens"][:, pos:pos + 1], pos, cache)
+    weight_BL = objective.process.weight(t_BL.reshape(-1)).reshape(B, L) * (1 - objective.process.t_min)
+    np.testing.assert_allclose(loss_BL, jnp.where(masked_BL, weight_BL * nll_BL, 0.0), rtol=2e-5, atol=1e-6)
+    # and the weight of a masked token integrates to one over t: E[loss] = the AR NLL.
+    t = np.linspace(0.0, 1.0, 200_001)[1:]
+    schedule = objective.process.schedule
+    integrand = (1 - np.asarray(schedule.alpha(jnp.asarray(t)))) * np.asarray(objective.process.weight(jnp.asarray(t)))
+    assert abs(np.trapezoid(integrand, t) - 1.0) < 1e-4
+
+
+def test_block_times_are_stratified_over_the_global_batch_of_blocks():
+    objective = BlockDiffusion(make_objective(NoiseConfig(), V), BLOCK)
+    keys_B = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(8))
+    u_B = (jnp.arange(8) + 0.25) / 8
+    _, u_R = objective.block_keys_and_uniforms(keys_B, u_B, L)
+    strata = np.sort(np.floor(np.asarray(u_R) * 32).astype(int))
+    np.testing.assert_array_equal(strata, np.arange(32))  # each of the B * n strata once
+    first_blocks = np.asarray(u_R).reshape(8, 4)[:, 0]
+    assert first_blocks.max() - first_blocks.min() > 0.5  # block 0 is not pinned to low t
+
+
+def test_recipes_reach_block_models_and_bad_block_configs_are_refused():
+    model = ModelConfig(**BASE)
+    noise = NoiseConfig(t_low=0.3, t_high=0.8, weighting="flat")
+    trained = training_objective(noise, model, make_objective(noise, V, model))
+    assert isinstance(trained, BlockDiffusion)
+    assert (trained.sampler.low, trained.sampler.high, trained.weighting) == (0.3, 0.8, "flat")
+    small = dict(name="block", model=model, data=DataConfig(vocab_size=V))
+    with pytest.raises(ValueError, match="multiple of ModelConfig.block_size=4"):
+        ExperimentConfig(**small, train=TrainConfig(seq_len=14))
+    with pytest.raises(ValueError, match="time-conditioned"):
+        ExperimentConfig(**{**small, "model": dataclasses.replace(model, time_conditioning=True)},
+                         train=TrainConfig(seq_len=16))
+    with pytest.raises(ValueError, match="ar_fraction"):
+        ExperimentConfig(**small, train=TrainConfig(seq_len=16), noise=NoiseConfig(ar_fraction=0.5))
