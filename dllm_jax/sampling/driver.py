@@ -39,6 +39,13 @@ class StepRule(abc.ABC):
         """Raise if this rule is invalid for ``denoise`` (e.g. a cache needing t-independence)."""
         del denoise  # every denoiser is valid unless a rule says otherwise
 
+    def finished(self, tokens_BL):
+        """Rows (bool, B) on which every further step is the identity at no NFE, or None
+        if the rule never says so. When every row is finished the driver stops early (a
+        ``while_loop``): the same tokens and NFE as running all K steps, less wall time."""
+        del tokens_BL
+        return None
+
     @abc.abstractmethod
     def prior(self, keys_BL):
         """The fully corrupted starting tokens, (B, L), from one key per position."""
@@ -94,7 +101,18 @@ def run_sampler(
         return (new_BL, nfe_B + used_B, state), None
 
     carry = (init_BL, jnp.zeros((batch,), jnp.int32), rule.init_state(init_BL))
-    (tokens_BL, nfe_B, _), _ = jax.lax.scan(body, carry, jnp.arange(num_steps))
+    if rule.finished(init_BL) is None:
+        (tokens_BL, nfe_B, _), _ = jax.lax.scan(body, carry, jnp.arange(num_steps))
+    else:
+        def running(loop):
+            k, (tokens_BL, _, _) = loop
+            return (k < num_steps) & ~jnp.all(rule.finished(tokens_BL))
+
+        def loop_body(loop):
+            k, carry = loop
+            return k + 1, body(carry, k)[0]
+
+        _, (tokens_BL, nfe_B, _) = jax.lax.while_loop(running, loop_body, (jnp.int32(0), carry))
     return tokens_BL, nfe_B * getattr(denoise, "passes", 1)
 
 

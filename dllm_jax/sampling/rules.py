@@ -138,6 +138,9 @@ class CachedMaskedAncestral(StepRule):
                 "or set `denoise.time_conditioned = False` on a function that ignores t."
             )
 
+    def finished(self, tokens_BL):
+        return ~jnp.any(tokens_BL == self.process.mask_id, axis=1)  # nothing left to unmask
+
     def prior(self, keys_BL):
         return masked_prior(self.process, keys_BL)
 
@@ -198,6 +201,9 @@ class OrderedUnmask(StepRule):
     def init_state(self, tokens_BL):
         return jnp.sum(tokens_BL == self.process.mask_id, axis=-1)
 
+    def finished(self, tokens_BL):
+        return ~jnp.any(tokens_BL == self.process.mask_id, axis=1)  # nothing left to unmask
+
     def prior(self, keys_BL):
         return masked_prior(self.process, keys_BL)
 
@@ -233,6 +239,9 @@ class ConfidenceThreshold(StepRule):
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
 
+    def finished(self, tokens_BL):
+        return ~jnp.any(tokens_BL == self.process.mask_id, axis=1)  # nothing left to unmask
+
     def prior(self, keys_BL):
         return masked_prior(self.process, keys_BL)
 
@@ -262,6 +271,9 @@ class EntropyBounded(StepRule):
         _require(self, MaskedProcess)
         if not self.gamma >= 0.0:
             raise ValueError(f"gamma must be >= 0, got {self.gamma}")
+
+    def finished(self, tokens_BL):
+        return ~jnp.any(tokens_BL == self.process.mask_id, axis=1)  # nothing left to unmask
 
     def prior(self, keys_BL):
         return masked_prior(self.process, keys_BL)
