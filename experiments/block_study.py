@@ -65,6 +65,13 @@ def adapted(runs: Path, name: str, *, block_size: int | None, shift: bool, lr: f
                     loop=dict(eval_every=HALF, checkpoint_every=HALF))
 
 
+def phase(runs: Path, name: str, block_size: int, init: str, steps: int, lr: float = 1e-3) -> ExperimentConfig:
+    """One phase of LLaDA 2.x-style growing block sizes: ``steps`` at ``block_size`` from ``init``."""
+    return _replace(block(block_size), name, train_=dict(steps=steps, warmup_steps=steps // 10, lr=lr,
+                                                         init_from=str(runs / init)),
+                    loop=dict(eval_every=steps, checkpoint_every=steps))
+
+
 def variants(runs: Path) -> dict[str, ExperimentConfig]:
     return {
         "ar": configs.quickstart("ar"),
@@ -76,6 +83,9 @@ def variants(runs: Path) -> dict[str, ExperimentConfig]:
         "adapt_block4_noshift": adapted(runs, "adapt_block4_noshift", block_size=4, shift=False),
         "adapt_block16": adapted(runs, "adapt_block16", block_size=16, shift=True),
         "adapt_full": adapted(runs, "adapt_full", block_size=None, shift=True),
+        # AR -> block 2 -> block 4, the adaptation half split in two phases
+        "phase_b2": phase(runs, "phase_b2", 2, "ar_half", HALF // 2),
+        "phase_b2_b4": phase(runs, "phase_b2_b4", 4, "phase_b2", HALF // 2),
     }
 
 
@@ -105,10 +115,15 @@ def report(records: dict[str, dict], out: Path) -> str:
     lines = ["| run | attention | block | shift | init | data tokens | bound (nats) | ppl | ppl / AR ppl | train wall (s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in records.items():
-        tokens = r["tokens"] + (records["ar_half"]["tokens"] if r["init_from"] and "ar_half" in records else 0)
+        tokens, parent = r["tokens"], r["init_from"]
+        while parent:  # the tokens of every phase before this one
+            before = records.get(Path(parent).name)
+            if before is None:
+                break
+            tokens, parent = tokens + before["tokens"], before["init_from"]
         ratio = f"{math.exp(r['val_loss'] - ar['val_loss']):.2f}x" if ar else "-"
         lines.append(f"| {name} | {r['attention']} | {r['block_size'] or '-'} | {r['shift']} | "
-                     f"{'ar_half' if r['init_from'] else '-'} | {tokens:,} | {r['val_loss']:.3f} | "
+                     f"{Path(r['init_from']).name if r['init_from'] else '-'} | {tokens:,} | {r['val_loss']:.3f} | "
                      f"{r['val_ppl']:.1f} | {ratio} | {r['wall_seconds']:.0f} |")
     table = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
