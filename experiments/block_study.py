@@ -83,6 +83,7 @@ def variants(runs: Path) -> dict[str, ExperimentConfig]:
         "adapt_block4_noshift": adapted(runs, "adapt_block4_noshift", block_size=4, shift=False),
         "adapt_block16": adapted(runs, "adapt_block16", block_size=16, shift=True),
         "adapt_full": adapted(runs, "adapt_full", block_size=None, shift=True),
+        "adapt_block4_lr3e-3": adapted(runs, "adapt_block4_lr3e-3", block_size=4, shift=True, lr=3e-3),
         # AR -> block 2 -> block 4, the adaptation half split in two phases
         "phase_b2": phase(runs, "phase_b2", 2, "ar_half", HALF // 2),
         "phase_b2_b4": phase(runs, "phase_b2_b4", 4, "phase_b2", HALF // 2),

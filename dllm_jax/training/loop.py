@@ -33,6 +33,8 @@ from dllm_jax.sharding import make_mesh
 from dllm_jax.training.metrics_log import MetricsLogger
 from dllm_jax.training.run_dir import (  # noqa: F401 (re-exported: where users found them)
     check_compatible,
+    check_init_source,
+    has_checkpoint,
     init_params,
     load_judge,
     load_or_train_tokenizer,
@@ -131,9 +133,10 @@ def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = N
     saved = saved_config(run_dir)
     if saved is not None:
         check_compatible(saved, exp)  # before anything is written
+    source = check_init_source(exp) if exp.train.init_from and not has_checkpoint(run_dir) else None
     run_dir.mkdir(parents=True, exist_ok=True)
     mesh = make_mesh(exp.mesh)
-    tok = load_or_train_tokenizer(exp, run_dir)
+    tok = load_or_train_tokenizer(exp, run_dir, source)
     if jax.process_index() == 0:
         write_config(run_dir, exp)
 
@@ -152,8 +155,8 @@ def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = N
         state, start = restored["state"], int(meta["step"])
         batches.set_state(meta["data_state"])
         _say(f"resumed from step {start} in {run_dir}")
-    elif exp.train.init_from:
-        state = init_params(exp.train.init_from, state, tok)
+    elif source is not None:
+        state = init_params(source, state, tok)
 
     trained = training_objective(exp.noise, exp.model, objective)  # eval keeps the true bound
     step_fn = jit_train_step(make_train_step(trained, graphdef, tx, exp.train), state, mesh)

@@ -22,6 +22,7 @@ from dllm_jax.data.tokenizer import Tokenizer
 from dllm_jax.diffusion import make_objective
 from dllm_jax.evaluation.quality import Judge, judge_from_model
 from dllm_jax.files import read_json, write_atomic
+from dllm_jax.nn.model import abstract_model
 from dllm_jax.sharding import make_mesh
 from dllm_jax.training.state import TrainState, create_train_state
 
@@ -105,11 +106,17 @@ def _jsonable(v):
     return json.loads(json.dumps(v))
 
 
-def load_or_train_tokenizer(exp: ExperimentConfig, run_dir: Path) -> Tokenizer:
+def load_or_train_tokenizer(exp: ExperimentConfig, run_dir: Path, source: Path | None = None) -> Tokenizer:
+    """The run's tokenizer: ``data.tokenizer`` if set, else the run's own ``tokenizer.model``,
+    else (a new run initialised from ``source``) a copy of the source run's, else trained
+    on the corpus."""
     stored = run_dir / "tokenizer.model"
     if exp.data.tokenizer:
         tok = Tokenizer.load(exp.data.tokenizer)
     elif stored.exists():
+        tok = Tokenizer.load(stored)
+    elif source is not None and (source / "tokenizer.model").exists() and jax.process_index() == 0:
+        write_atomic(stored, (source / "tokenizer.model").read_bytes())  # the pieces its weights know
         tok = Tokenizer.load(stored)
     else:
         source = make_source(exp.data.source, "train")
@@ -162,6 +169,40 @@ def load_judge(run_dir, step: int | None = None, use_ema: bool = True) -> Judge:
     return Judge(judge_from_model(graphdef, params), tok, tok.eos_id, ids.bos, ids.pad, loaded_step)
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if not ckpt_dir.is_dir():
+        return False
+    ckpt = Checkpointer(ckpt_dir)
+    try:
+        return ckpt.latest_step() is not None
+    finally:
+        ckpt.close()
+
+
+def check_init_source(exp: ExperimentConfig) -> Path:
+    """The run ``TrainConfig.init_from`` names, checked before anything is written: it must
+    be a run directory whose model has the parameter shapes of ``exp.model`` (new parameters
+    of this model, e.g. time conditioning's, are allowed)."""
+    source = Path(exp.train.init_from)
+    config = saved_config(source) if source.is_dir() else None
+    if config is None:
+        raise FileNotFoundError(f"TrainConfig.init_from={str(source)!r} is not a run directory (no config.json "
+                                "or checkpoint)")
+    try:
+        src_model = ExperimentConfig.from_dict(config).model
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"TrainConfig.init_from={str(source)!r}: its config is not valid: {e}") from None
+    src = dict(jax.tree_util.tree_flatten_with_path(abstract_model(src_model)[1])[0])
+    wrong = [f"{jax.tree_util.keystr(path)}: source {src[path].shape}, this model {leaf.shape}"
+             for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_model(exp.model)[1])[0]
+             if path in src and src[path].shape != leaf.shape]
+    if wrong:
+        raise ValueError(f"TrainConfig.init_from={str(source)!r} has parameters of other shapes (the backbones "
+                         "must have the same sizes):\n  " + "\n  ".join(wrong))
+    return source
+
+
 def init_params(source: str | Path, state: TrainState, tok: Tokenizer) -> TrainState:
     """``state`` with its parameters (and EMA) taken from the run in ``source``.
 
@@ -189,9 +230,9 @@ def init_params(source: str | Path, state: TrainState, tok: Tokenizer) -> TrainS
             wrong.append(f"{name}: source {src[path].shape}, this model {leaf.shape}")
         else:
             leaves.append(jax.device_put(np.asarray(src[path], leaf.dtype), leaf.sharding))
-    if wrong:
-        raise ValueError(f"TrainConfig.init_from={str(source)!r} has parameters of other shapes (the backbones "
-                         "must have the same sizes):\n  " + "\n  ".join(wrong))
+    if wrong:  # check_init_source catches this before a run writes anything
+        raise ValueError(f"TrainConfig.init_from={str(source)!r} has parameters of other shapes:\n  "
+                         + "\n  ".join(wrong))
     params = jax.tree.unflatten(jax.tree.structure(state.params), leaves)
     _say(f"initialised from {source} (step {src_step}, {src_exp.noise.process}, attention "
          f"{src_exp.model.attention}): {len(leaves) - len(fresh)} parameter arrays copied"
