@@ -16,13 +16,12 @@ Runs are kept under ``--runs`` (a finished run is read back, not retrained); the
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import time
 from pathlib import Path
 
-from dllm_jax.config import ExperimentConfig, NoiseConfig
+from dllm_jax.config import ExperimentConfig
 from dllm_jax.training.loop import train
 from experiments import configs
 
@@ -30,46 +29,14 @@ STEPS = 2400
 HALF = STEPS // 2
 
 
-def _replace(exp: ExperimentConfig, name: str, *, model=None, noise=None, train_=None, loop=None) -> ExperimentConfig:
-    return dataclasses.replace(
-        exp, name=name,
-        model=dataclasses.replace(exp.model, **(model or {})),
-        noise=noise if noise is not None else exp.noise,
-        train=dataclasses.replace(exp.train, **(train_ or {})),
-        loop=dataclasses.replace(exp.loop, **(loop or {})),
-    )
+def block(block_size: int, *, shift: bool = True) -> ExperimentConfig:
+    return configs.quickstart_block(block_size, shift=shift, name=f"block{block_size}")
 
 
-def block(block_size: int, *, shift: bool = True, noise: NoiseConfig | None = None, name: str = "") -> ExperimentConfig:
-    """The quickstart's masked model as a block diffusion model trained with the BD3 NELBO."""
-    base = configs.quickstart("masked")
-    return _replace(base, name or f"block{block_size}", model=dict(attention="block_causal", block_size=block_size,
-                                                               shift=shift),
-                    noise=noise or NoiseConfig(process="masked", time_distribution="logit_normal"))
-
-
-def ar_half() -> ExperimentConfig:
-    base = configs.quickstart("ar")
-    return _replace(base, "ar_half", train_=dict(steps=HALF, warmup_steps=HALF // 10),
-                    loop=dict(eval_every=HALF, checkpoint_every=HALF))
-
-
-def adapted(runs: Path, name: str, *, block_size: int | None, shift: bool, lr: float = 1e-3) -> ExperimentConfig:
-    """Half the budget of AR, then half as diffusion initialised from it."""
-    exp = block(block_size, shift=shift) if block_size else configs.quickstart("masked")
-    if not block_size:  # bidirectional, Dream-style: shift, no AR curriculum (the AR phase came first)
-        exp = _replace(exp, name, model=dict(shift=shift),
-                       noise=NoiseConfig(process="masked", time_distribution="logit_normal"))
-    return _replace(exp, name, train_=dict(steps=HALF, warmup_steps=HALF // 10, lr=lr,
-                                           init_from=str(runs / "ar_half")),
-                    loop=dict(eval_every=HALF, checkpoint_every=HALF))
-
-
-def phase(runs: Path, name: str, block_size: int, init: str, steps: int, lr: float = 1e-3) -> ExperimentConfig:
-    """One phase of LLaDA 2.x-style growing block sizes: ``steps`` at ``block_size`` from ``init``."""
-    return _replace(block(block_size), name, train_=dict(steps=steps, warmup_steps=steps // 10, lr=lr,
-                                                         init_from=str(runs / init)),
-                    loop=dict(eval_every=steps, checkpoint_every=steps))
+def adapted(runs: Path, name: str, *, block_size: int | None, shift: bool, lr: float = 1e-3,
+            init: str = "ar_half", steps: int = HALF) -> ExperimentConfig:
+    """Diffusion initialised from the run ``init`` (half the budget of AR by default)."""
+    return configs.quickstart_adapted(str(runs / init), block_size, shift=shift, steps=steps, lr=lr, name=name)
 
 
 def variants(runs: Path) -> dict[str, ExperimentConfig]:
@@ -78,15 +45,15 @@ def variants(runs: Path) -> dict[str, ExperimentConfig]:
         "full": configs.quickstart("masked"),
         "block4": block(4),
         "block16": block(16),
-        "ar_half": ar_half(),
+        "ar_half": configs.quickstart_ar_phase(HALF),
         "adapt_block4": adapted(runs, "adapt_block4", block_size=4, shift=True),
         "adapt_block4_noshift": adapted(runs, "adapt_block4_noshift", block_size=4, shift=False),
         "adapt_block16": adapted(runs, "adapt_block16", block_size=16, shift=True),
         "adapt_full": adapted(runs, "adapt_full", block_size=None, shift=True),
         "adapt_block4_lr3e-3": adapted(runs, "adapt_block4_lr3e-3", block_size=4, shift=True, lr=3e-3),
         # AR -> block 2 -> block 4, the adaptation half split in two phases
-        "phase_b2": phase(runs, "phase_b2", 2, "ar_half", HALF // 2),
-        "phase_b2_b4": phase(runs, "phase_b2_b4", 4, "phase_b2", HALF // 2),
+        "phase_b2": adapted(runs, "phase_b2", block_size=2, shift=True, steps=HALF // 2),
+        "phase_b2_b4": adapted(runs, "phase_b2_b4", block_size=4, shift=True, init="phase_b2", steps=HALF // 2),
     }
 
 

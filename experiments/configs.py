@@ -55,6 +55,53 @@ def quickstart(process: str = "masked") -> ExperimentConfig:
     )
 
 
+def quickstart_block(block_size: int = 4, *, shift: bool = True, name: str = "") -> ExperimentConfig:
+    """The quickstart's masked model as a block diffusion model (BD3-LM's block NELBO).
+
+    Blocks of ``block_size`` tokens, each denoised given the clean blocks before it; Dream's
+    shift (the first token of a block is predicted at the clean position before it, the AR
+    prediction) and ALiBi as in the quickstart; logit-normal training times. No AR rows:
+    the model is AR over blocks already. Generation: ``generate(block_size=block_size,
+    cache="exact")``.
+    """
+    base = quickstart("masked")
+    return dataclasses.replace(
+        base, name=name or f"quickstart-block{block_size}",
+        model=dataclasses.replace(base.model, attention="block_causal", block_size=block_size, shift=shift),
+        noise=NoiseConfig(process="masked", time_distribution="logit_normal"),
+        # samples: K steps per block, up to one token per step
+        loop=dataclasses.replace(base.loop, sample_steps=tuple(sorted({1, max(block_size // 2, 1), block_size}))),
+    )
+
+
+def quickstart_ar_phase(steps: int = 1200) -> ExperimentConfig:
+    """The quickstart's AR model for ``steps`` steps: the first phase of AR adaptation."""
+    base = quickstart("ar")
+    return dataclasses.replace(
+        base, name=f"quickstart-ar{steps}",
+        train=dataclasses.replace(base.train, steps=steps, warmup_steps=steps // 10),
+        loop=dataclasses.replace(base.loop, eval_every=steps, checkpoint_every=steps),
+    )
+
+
+def quickstart_adapted(init_from: str, block_size: int | None = 4, *, shift: bool = True, steps: int = 1200,
+                       lr: float = 1e-3, name: str = "") -> ExperimentConfig:
+    """A diffusion model initialised from an AR run (``TrainConfig.init_from``), trained for
+    ``steps`` more: block diffusion with ``block_size``, or bidirectional (None, Dream-style:
+    shift, no AR curriculum since the AR phase came first). Fresh optimiser, warmup a tenth."""
+    if block_size:
+        exp = quickstart_block(block_size, shift=shift)
+    else:
+        base = quickstart("masked")
+        exp = dataclasses.replace(base, model=dataclasses.replace(base.model, shift=shift),
+                                  noise=NoiseConfig(process="masked", time_distribution="logit_normal"))
+    return dataclasses.replace(
+        exp, name=name or f"quickstart-adapted-block{block_size or 'full'}",
+        train=dataclasses.replace(exp.train, steps=steps, warmup_steps=steps // 10, lr=lr, init_from=init_from),
+        loop=dataclasses.replace(exp.loop, eval_every=steps, checkpoint_every=steps),
+    )
+
+
 def lm1b(process: str = "masked") -> ExperimentConfig:
     """LM1B-style small model (MDLM's 'small' scale) for a TPU/GPU host with TFDS data.
 
