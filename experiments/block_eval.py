@@ -1,8 +1,9 @@
 """Speed and sample quality of a block diffusion model beside its AR model, in one run.
 
 * threshold decoding (Fast-dLLM: every draw above the threshold is kept, at least the
-  schedule's floor) against one token per step (confidence order, K = block size), both
-  block by block with the exact KV cache: network passes per generated token (the cache's
+  schedule's floor), with K = block size and K = block size / 2 steps per block, against one
+  token per step (confidence order, K = block size), all block by block with the exact KV
+  cache: network passes per generated token (the cache's
   write of each finished block counted) and gen ppl under a judge;
 * AR KV-cache decoding at several temperatures, and AR gen ppl interpolated at the
   diffusion samples' entropy (``matched_entropy``);
@@ -52,6 +53,10 @@ def speed_and_quality(diffusion_dir, ar_dir, *, judge_dir=None, length: int = 12
     log(f"=== block diffusion ({diffusion_dir}, blocks of {blk}, exact cache): {num_samples} samples of {length} tokens")
     diff = diffusion_records(d_graphdef, d_params, rules, [blk], num_samples=num_samples, batch_size=batch_size,
                              block_size=blk, cache="exact", log=log, **common)
+    if blk > 1:  # fewer steps than tokens per block: the threshold's floor unmasks several per step
+        diff += diffusion_records(d_graphdef, d_params, {k: v for k, v in rules.items() if k != "one token per step"},
+                                  [blk // 2], num_samples=num_samples, batch_size=batch_size, block_size=blk,
+                                  cache="exact", log=log, **common)
     log(f"=== AR ({ar_dir}) with its KV cache, temperatures {list(temperatures)}")
     ar = ar_records(a_graphdef, a_params, temperatures, num_samples=num_samples, batch_size=batch_size, log=log,
                     **common)
@@ -62,11 +67,12 @@ def speed_and_quality(diffusion_dir, ar_dir, *, judge_dir=None, length: int = 12
     thr = min(fits, key=lambda r: r["passes_per_token"]) if fits else diff[1]
     log(f"=== batch 1, {length} new tokens: {thr['rule']} vs AR KV-cache decoding, back to back")
     one = dict(common, num_samples=timing_samples, batch_size=1)
-    fast = diffusion_records(d_graphdef, d_params, {thr["rule"]: rules[thr["rule"]]}, [blk],
+    fast = diffusion_records(d_graphdef, d_params, {thr["rule"]: rules[thr["rule"]]}, [thr["num_steps"]],
                              block_size=blk, cache="exact", log=log, **one)[0]
     ar_one = ar_records(a_graphdef, a_params, [1.0], log=log, **one)[0]
     summary = {
-        "block_size": blk, "length": length, "threshold_rule": thr["rule"], "within_tolerance": bool(fits),
+        "block_size": blk, "length": length, "threshold_rule": thr["rule"], "steps_per_block": thr["num_steps"],
+        "within_tolerance": bool(fits),
         "threshold_passes_per_token": thr["passes_per_token"],
         "one_per_step_passes_per_token": base["passes_per_token"],
         "threshold_gen_ppl": thr["gen_ppl"], "one_per_step_gen_ppl": base["gen_ppl"],
@@ -75,7 +81,7 @@ def speed_and_quality(diffusion_dir, ar_dir, *, judge_dir=None, length: int = 12
         "batch1_tokens_per_s": fast["tokens_per_s"], "ar_batch1_tokens_per_s": ar_one["tokens_per_s"],
         "batch1_speed_ratio": fast["tokens_per_s"] / ar_one["tokens_per_s"],
     }
-    log(f"{thr['rule']}: {summary['threshold_passes_per_token']:.3f} passes per token (one per step "
+    log(f"{thr['rule']}, K={thr['num_steps']} per block: {summary['threshold_passes_per_token']:.3f} passes per token (one per step "
         f"{summary['one_per_step_passes_per_token']:.3f}) | gen ppl {thr['gen_ppl']:.1f} vs {base['gen_ppl']:.1f} "
         f"({100 * summary['gen_ppl_change']:+.1f}%) | AR gen ppl at the same entropy "
         f"{_f(thr['ar_gen_ppl_at_entropy'])} | batch-1 tokens/s {fast['tokens_per_s']:.0f} vs AR "

@@ -316,34 +316,37 @@ class Transformer(nnx.Module):
         logits = self._logits(x_BCD, cond_BC)
         return (logits, cache) if with_cache else logits
 
-    def canvas_chunk(self, canvas_BS, start, size: int, cache: KVCache, kv_valid_BS=None, t_B=None):
+    def canvas_chunk(self, canvas_BS, start, size: int, cache: KVCache, kv_valid_BS=None, t_B=None,
+                     return_cache: bool = False):
         """Logits of positions [start, start + size) of ``canvas_BS``, against ``cache``.
 
         ``forward_chunk`` of that slice for an ordinary model. A ``shift`` model predicts
         token i at position i - 1, so the chunk is widened by one position: [start - 1,
         start + size) when start > 0, [0, size + 1) for the first chunk (whose token 0 is
         predicted at position 0 itself), and the outputs re-aligned. The extra position's
-        keys and values are recomputed like the chunk's (the cache returned by
-        ``forward_chunk`` is not returned here: this is for reading logits).
+        keys and values are recomputed like the chunk's.
 
         Args:
           canvas_BS: the whole canvas (B, S) with the chunk's current tokens in place.
           start: int32 scalar, may be traced.
           size: the chunk length C (static); a shift model needs C < S.
           cache, kv_valid_BS, t_B: as for ``forward_chunk``.
+          return_cache: also return the cache with the chunk's keys and values written.
 
         Returns:
-          logits (B, C, V) float32.
+          logits (B, C, V) float32 (and the cache, with ``return_cache``).
         """
         S = canvas_BS.shape[1]
         if not self.config.shift or size == S:
             chunk_BC = jax.lax.dynamic_slice_in_dim(canvas_BS, start, size, axis=1)
-            return self.forward_chunk(chunk_BC, start, cache, kv_valid_BS, t_B)[0]
+            logits_BCV, cache = self.forward_chunk(chunk_BC, start, cache, kv_valid_BS, t_B)
+            return (logits_BCV, cache) if return_cache else logits_BCV
         wide = jnp.maximum(start - 1, 0)
         ext_BE = jax.lax.dynamic_slice_in_dim(canvas_BS, wide, size + 1, axis=1)
-        raw_BEV = self._raw_chunk(ext_BE, wide, cache, kv_valid_BS, t_B)
+        raw_BEV, cache = self._raw_chunk(ext_BE, wide, cache, kv_valid_BS, t_B, with_cache=True)
         first_BCV = jnp.concatenate([raw_BEV[:, :1], raw_BEV[:, : size - 1]], axis=1)
-        return jnp.where(start == 0, first_BCV, raw_BEV[:, :size])
+        logits_BCV = jnp.where(start == 0, first_BCV, raw_BEV[:, :size])
+        return (logits_BCV, cache) if return_cache else logits_BCV
 
     def _aligned(self, logits_BLV):
         """Re-align a shift model's outputs: position i's logits predict token i + 1."""

@@ -44,6 +44,7 @@ class Plan:
     guidance: float
     mask_id: int
     pad_id: int
+    fuse_writes: bool = True  # exact cache: a finished block is written in the next block's first pass
 
 
 class BlockDenoiser:
@@ -53,6 +54,7 @@ class BlockDenoiser:
 
     time_conditioned: bool = False
     passes: int = 1
+    fuses_writes: bool = False  # has ``fused``: a finished block is written in the next block's first pass
 
     def refresh(self, cache, tokens_BS):
         """(cache, extra passes) at a block's start (the approximate cache's full pass)."""
@@ -65,6 +67,11 @@ class BlockDenoiser:
 
     def write(self, cache, new_BC, start):
         """The cache with a finished block written (exact cache only)."""
+        raise NotImplementedError
+
+    def fused(self, cache, tokens_BS, x_BC, start):
+        """(logits of the block at ``start`` holding ``x_BC`` at its first step, the cache with
+        the previous block [start - C, start) written), in one pass over both blocks."""
         raise NotImplementedError
 
 
@@ -83,8 +90,11 @@ def run_blocks(denoiser: BlockDenoiser, plan: Plan, keys_B, tokens_BS, fixed_BS,
     tokens_BS = jnp.where(fixed_BS, tokens_BS, plan.rule.prior(prior_keys(keys_B, pos_S)))
     stops = plan.stops + (((plan.eos_id,),) if plan.eos_id is not None else ())
 
+    fused = plan.cache == "exact" and denoiser.fuses_writes
+
     def block_body(carry, j):
-        tokens_BS, cache, nfe_B, done_B, stop_end_B, stopped_B = carry
+        tokens_BS, cache, nfe_B, done_B, stop_end_B, stopped_B, pending_B = carry
+        # pending_B (fused writes): rows whose previous block still has to enter the cache
         start = j * C
         cols_C = start + jnp.arange(C)
         chunk_BC = jax.lax.dynamic_slice_in_dim(tokens_BS, start, C, axis=1)
@@ -92,34 +102,65 @@ def run_blocks(denoiser: BlockDenoiser, plan: Plan, keys_B, tokens_BS, fixed_BS,
         active_B = jnp.any(~fixed_BC, axis=1)
         block_keys_B = jax.vmap(jax.random.fold_in, (0, None))(keys_B, j)
 
-        def steps(cache):
-            cache, extra = denoiser.refresh(cache, tokens_BS)
-            denoise = StepDenoiser(lambda x_BC, t_B: denoiser.chunk_logits(cache, tokens_BS, x_BC, start, t_B),
-                                denoiser.time_conditioned, passes=denoiser.passes)
+        def steps(carried):
+            cache, extra = denoiser.refresh(carried, tokens_BS)  # (the refreshed cache is this block's only)
+            reuse = jnp.bool_(False)
+            if fused:  # the previous block's write and this block's first logits in one pass
+                shape = jax.eval_shape(lambda c: denoiser.fused(c, tokens_BS, chunk_BC, start)[0], cache)
+                reuse = jnp.any(pending_B)
+                first_BCV, cache = jax.lax.cond(
+                    reuse, lambda c: denoiser.fused(c, tokens_BS, chunk_BC, start),
+                    lambda c: (jnp.zeros(shape.shape, shape.dtype), c), cache)
+
+            def block_logits(x_BC, t_B):
+                def fresh():
+                    return denoiser.chunk_logits(cache, tokens_BS, x_BC, start, t_B)
+
+                if not fused:
+                    return fresh()
+                # the first step's input is exactly what the fused pass saw
+                first = reuse & (t_B[0] >= 1.0) & jnp.all(x_BC == chunk_BC)
+                return jax.lax.cond(first, lambda: first_BCV, fresh)
+
+            denoise = StepDenoiser(block_logits, denoiser.time_conditioned, passes=denoiser.passes)
             new_BC, used_B = run_sampler(denoise, plan.rule, chunk_BC, block_keys_B, plan.num_steps, fixed_BC, cols_C)
-            return new_BC, used_B + extra
+            return new_BC, used_B + extra, cache if fused else carried
 
         def skip(cache):
-            return chunk_BC, jnp.zeros((B,), jnp.int32)
+            if fused:
+                prev_BC = jax.lax.dynamic_slice_in_dim(tokens_BS, jnp.maximum(start - C, 0), C, axis=1)
+                cache = jax.lax.cond(jnp.any(pending_B), lambda c: denoiser.write(c, prev_BC, start - C),
+                                     lambda c: c, cache)
+            return chunk_BC, jnp.zeros((B,), jnp.int32), cache
 
-        new_BC, used_B = jax.lax.cond(jnp.any(active_B), steps, skip, cache)
+        new_BC, used_B, cache = jax.lax.cond(jnp.any(active_B), steps, skip, cache)
         nfe_B = nfe_B + jnp.where(active_B, used_B, 0)
         tokens_BS = jax.lax.dynamic_update_slice_in_dim(tokens_BS, new_BC, start, axis=1)
         if plan.cache == "exact":
             write_B = ~done_B & (j >= cached_blocks_B) & (start < end_B)
-            cache = jax.lax.cond(jnp.any(write_B), lambda c: denoiser.write(c, new_BC, start), lambda c: c, cache)
-            nfe_B = nfe_B + write_B
+            if fused:
+                nfe_B = nfe_B + (pending_B & ~active_B)  # a write these rows did not share
+                pending_B = write_B
+            else:
+                cache = jax.lax.cond(jnp.any(write_B), lambda c: denoiser.write(c, new_BC, start), lambda c: c, cache)
+                nfe_B = nfe_B + write_B
         if stops:
             found_B, p_B, which_B = stop_hits(tokens_BS, cols_C, stops, prompt_len_B, end_B)
             found_B &= active_B
             stop_end_B = jnp.where(found_B, p_B + 1, stop_end_B)
             stopped_B = jnp.where(found_B, which_B, stopped_B)
             done_B = done_B | found_B
-        return (tokens_BS, cache, nfe_B, done_B, stop_end_B, stopped_B), None
+        return (tokens_BS, cache, nfe_B, done_B, stop_end_B, stopped_B, pending_B), None
 
-    zeros_B = jnp.zeros((B,), jnp.int32)
-    carry = (tokens_BS, cache, zeros_B, jnp.zeros((B,), bool), end_B, zeros_B - 1)
-    (tokens_BS, cache, nfe_B, _, stop_end_B, stopped_B), _ = jax.lax.scan(block_body, carry, jnp.arange(plan.num_blocks))
+    zeros_B, no_B = jnp.zeros((B,), jnp.int32), jnp.zeros((B,), bool)
+    carry = (tokens_BS, cache, zeros_B, no_B, end_B, zeros_B - 1, no_B)
+    (tokens_BS, cache, nfe_B, _, stop_end_B, stopped_B, pending_B), _ = jax.lax.scan(
+        block_body, carry, jnp.arange(plan.num_blocks))
+    if fused:  # the last block's write has no next block to share
+        last = (plan.num_blocks - 1) * C
+        last_BC = jax.lax.dynamic_slice_in_dim(tokens_BS, last, C, axis=1)
+        cache = jax.lax.cond(jnp.any(pending_B), lambda c: denoiser.write(c, last_BC, last), lambda c: c, cache)
+        nfe_B = nfe_B + pending_B
     tokens_BS = jnp.where(pos_S[None] < stop_end_B[:, None], tokens_BS, plan.pad_id)
     return tokens_BS, stop_end_B, stopped_B, nfe_B, cache
 

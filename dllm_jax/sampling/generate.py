@@ -71,6 +71,7 @@ def generate(
     stop: Sequence[Sequence[int]] = (),
     eos_id: int | None = None,
     guidance: float = 0.0,
+    fuse_writes: bool = True,
 ) -> Generation:
     """Generate ``length`` tokens after each prompt.
 
@@ -91,6 +92,9 @@ def generate(
         returned.
       guidance: classifier-free guidance weight w >= 0 (``cache="none"`` only): logits
         (1 + w) log p(x | prompt) - w log p(x | prompt masked), two passes per step.
+      fuse_writes: with the exact cache, write each finished block in the pass that gives
+        the next block's first logits (one pass over both blocks: the same tokens, one pass
+        per block less); False writes it in a pass of its own.
 
     Returns:
       A ``Generation``.
@@ -98,6 +102,7 @@ def generate(
     model, plan, state, indices = _prepare(
         graphdef, params, prompts, length=length, rule=rule, num_steps=num_steps, indices=indices,
         block_size=block_size, cache=cache, infill=infill, stop=stop, eos_id=eos_id, guidance=guidance,
+        fuse_writes=fuse_writes,
     )
     return _run(graphdef, params, model, plan, seed, indices, state)
 
@@ -110,7 +115,7 @@ def generate_program(graphdef, params, prompts, *, seed: int = 0, **options):
 
 
 def _prepare(graphdef, params, prompts, *, length, rule, num_steps, indices=None, block_size=None,
-             cache="none", infill=None, stop=(), eos_id=None, guidance=0.0):
+             cache="none", infill=None, stop=(), eos_id=None, guidance=0.0, fuse_writes=True):
     """Check ``generate``'s arguments; (model, plan, host state, example indices)."""
     model = nnx.merge(graphdef, params)
     config: ModelConfig = model.config
@@ -135,6 +140,7 @@ def _prepare(graphdef, params, prompts, *, length, rule, num_steps, indices=None
                 f"{end} positions, more than the model's max_len={config.max_len}"
             )
     plan, canvas = _plan(config, rule, num_steps, block_size, cache, stops, eos_id, guidance, max(ends))
+    plan = dataclasses.replace(plan, fuse_writes=bool(fuse_writes))
     tokens_BL = np.full((num_rows, canvas), plan.pad_id, np.int32)
     fixed_BL = np.ones((num_rows, canvas), bool)
     for b, r in enumerate(prompt_rows):
@@ -277,6 +283,7 @@ class _ModelDenoiser(BlockDenoiser):
         self.time_conditioned = time_conditioned
         self.passes = 2 if plan.guidance > 0 else 1
         self.valid_BS, self.prompt_BS = valid_BS, prompt_BS
+        self.fuses_writes = plan.fuse_writes
 
     def model(self):
         # Merge inside each use: nnx transforms refuse modules from an outer trace level.
@@ -308,6 +315,12 @@ class _ModelDenoiser(BlockDenoiser):
 
     def write(self, cache, new_BC, start):
         return self.model().write_chunk(new_BC, start, cache, self.valid_BS)
+
+    def fused(self, cache, tokens_BS, x_BC, start):
+        C = x_BC.shape[1]
+        canvas = jax.lax.dynamic_update_slice_in_dim(tokens_BS, x_BC, start, axis=1)
+        logits, cache = self.model().canvas_chunk(canvas, start - C, 2 * C, cache, self.valid_BS, return_cache=True)
+        return logits[:, C:], cache
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
