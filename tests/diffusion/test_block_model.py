@@ -20,7 +20,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dllm_jax.config import DataConfig, ExperimentConfig, MeshConfig, ModelConfig, NoiseConfig, TrainConfig
+from dllm_jax.config import (
+    DataConfig,
+    ExperimentConfig,
+    MeshConfig,
+    ModelConfig,
+    NoiseConfig,
+    TrainConfig,
+)
 from dllm_jax.diffusion import BlockDiffusion, make_objective, token_nll, training_objective
 from dllm_jax.evaluation.eval_step import batch_loss
 from dllm_jax.nn import create_model

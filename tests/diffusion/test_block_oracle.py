@@ -20,7 +20,13 @@ import oracle_reference as ref
 import pytest
 
 from dllm_jax.config import special_ids
-from dllm_jax.diffusion import BlockDiffusion, LogLinear, MaskedProcess, UniformProcess, block_oracle_denoiser
+from dllm_jax.diffusion import (
+    BlockDiffusion,
+    LogLinear,
+    MaskedProcess,
+    UniformProcess,
+    block_oracle_denoiser,
+)
 
 MASK_ID = special_ids(ref.V).mask
 NUM_NODES = 256
