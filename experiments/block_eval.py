@@ -32,7 +32,7 @@ from experiments.sweep_steps import quality_kwargs
 
 
 def speed_and_quality(diffusion_dir, ar_dir, *, judge_dir=None, length: int = 128, num_samples: int = 32,
-                      batch_size: int = 16, thresholds=(0.9, 0.7, 0.5), temperatures=(0.7, 0.8, 0.9, 1.0),
+                      batch_size: int = 16, thresholds=(0.9, 0.7, 0.5), temperatures=(0.7, 0.8, 0.9, 1.0, 1.1, 1.2),
                       timing_samples: int = 4, tolerance: float = 0.10, log=print) -> dict:
     """The records and a summary. The summary's threshold is the one with the fewest passes
     per token whose gen ppl is within ``tolerance`` of one token per step (the highest

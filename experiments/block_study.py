@@ -21,8 +21,15 @@ import math
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
 from dllm_jax.config import ExperimentConfig
-from dllm_jax.training.loop import train
+from dllm_jax.diffusion import token_nll
+from dllm_jax.sharding import make_mesh
+from dllm_jax.training.loop import eval_batches, load_run, train
 from experiments import configs
 
 STEPS = 2400
@@ -74,14 +81,44 @@ def run_one(name: str, exp: ExperimentConfig, runs: Path) -> dict:
         "train_tokens_per_second": result["tokens_per_second"],
         "samples": {str(k): v for k, v in result["samples"].items()},
     }
+    if exp.model.attention == "block_causal":
+        record["position_nll_t1"] = position_nll(run_dir)
     record_file.write_text(json.dumps(record, indent=1))
     return record
 
 
+def position_nll(run_dir: Path, num_batches: int = 8) -> list[float]:
+    """NLL of each position of a block (nats), every block fully masked, given the clean past.
+
+    The t = 1 end of the block bound: position 0 is the AR prediction of the block's first
+    token (for a shift model, from the clean position before it); position i must predict
+    i tokens ahead with nothing of its own block visible.
+    """
+    exp, graphdef, params, tok, _, _ = load_run(run_dir)
+    mesh = make_mesh(exp.mesh)
+    blk, mask_id = exp.model.block_size, exp.model.special.mask
+
+    @jax.jit
+    def nll(p, tokens_BL, mask_BL):
+        model = nnx.merge(graphdef, p, copy=True)
+        logits = model(jnp.full_like(tokens_BL, mask_id), None, clean_BL=tokens_BL)
+        per_BL = jnp.where(mask_BL, token_nll(logits, tokens_BL, exp.model.num_tokens), 0.0)
+        B, L = tokens_BL.shape
+        return per_BL.reshape(B, L // blk, blk).sum((0, 1)), mask_BL.reshape(B, L // blk, blk).sum((0, 1))
+
+    total, count = 0.0, 0.0
+    with jax.set_mesh(mesh):
+        for batch in eval_batches(exp, tok, mesh)[:num_batches]:
+            s, c = nll(params, batch["tokens"], batch["loss_mask"])
+            total, count = total + np.asarray(s), count + np.asarray(c)
+    return [float(x) for x in total / count]
+
+
 def report(records: dict[str, dict], out: Path) -> str:
     ar = records.get("ar")
-    lines = ["| run | attention | block | shift | init | data tokens | bound (nats) | ppl | ppl / AR ppl | train wall (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | attention | block | shift | init | data tokens | bound (nats) | ppl | ppl / AR ppl | "
+             "NLL@t=0.1 | NLL by position in block at t=1 | train wall (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in records.items():
         tokens, parent = r["tokens"], r["init_from"]
         while parent:  # the tokens of every phase before this one
@@ -92,12 +129,25 @@ def report(records: dict[str, dict], out: Path) -> str:
         ratio = f"{math.exp(r['val_loss'] - ar['val_loss']):.2f}x" if ar else "-"
         lines.append(f"| {name} | {r['attention']} | {r['block_size'] or '-'} | {r['shift']} | "
                      f"{Path(r['init_from']).name if r['init_from'] else '-'} | {tokens:,} | {r['val_loss']:.3f} | "
-                     f"{r['val_ppl']:.1f} | {ratio} | {r['wall_seconds']:.0f} |")
+                     f"{r['val_ppl']:.1f} | {ratio} | {_f(r.get('nll_t0.10'))} | {positions(r)} | "
+                     f"{r['wall_seconds']:.0f} |")
     table = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(records, indent=1))
     (out / "results.md").write_text(table + "\n")
     return table
+
+
+def _f(x):
+    return "-" if x is None else f"{x:.3f}"
+
+
+def positions(r: dict) -> str:
+    nll = r.get("position_nll_t1")
+    if not nll:
+        return "-"
+    shown = nll if len(nll) <= 4 else nll[:2] + nll[-1:]
+    return " / ".join(f"{x:.2f}" for x in shown) + (" (first, second, last)" if len(nll) > 4 else "")
 
 
 def main(argv=None):
@@ -106,6 +156,7 @@ def main(argv=None):
     parser.add_argument("--out", default="benchmarks/block")
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--report", action="store_true")
+    parser.add_argument("--backfill", action="store_true", help="add position_nll_t1 to block records that lack it")
     args = parser.parse_args(argv)
     runs = Path(args.runs)
     table = variants(runs)
@@ -119,6 +170,11 @@ def main(argv=None):
             print(f"{name:22s} bound {r['val_loss']:.3f} (ppl {r['val_ppl']:.1f}) | {r['wall_seconds']:.0f}s", flush=True)
     records = {n: json.loads((runs / n / "record.json").read_text()) for n in table
                if (runs / n / "record.json").exists()}
+    if args.backfill:
+        for n, r in records.items():
+            if r["attention"] == "block_causal" and "position_nll_t1" not in r:
+                r["position_nll_t1"] = position_nll(runs / n)
+                (runs / n / "record.json").write_text(json.dumps(r, indent=1))
     print(report(records, Path(args.out)))
 
 

@@ -117,3 +117,23 @@ def test_compare_and_sweep_end_to_end(tmp_path):
         # compare already compiled some of these programs in this process: compile may be 0.
         assert r["compile_s"] >= 0 and r["gen_ppl"] > 1
     assert (tmp_path / "sweep" / "sweep_quality_vs_speed.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_quickstart_runs_its_three_phases_at_test_size(tmp_path, capsys):
+    """AR, AR half, block diffusion adapted from it: equal tokens, the speed/quality report."""
+    import json
+
+    from experiments import quickstart
+
+    quickstart.main(["--run_dir", str(tmp_path), "--eval_samples", "2", "--length", "8", "--set", "train.steps=2",
+                     "model.d_model=32", "model.num_layers=1", "model.mlp_dim=64", "loop.eval_batches=1",
+                     "loop.num_samples=1", "loop.sample_length=8"])
+    out = capsys.readouterr().out
+    assert "equal training tokens (1,024)" in out and "initialised from" in out
+    report = json.loads((tmp_path / "speed_quality.json").read_text())
+    summary = report["summary"]
+    assert summary["block_size"] == 4 and summary["length"] == 8
+    # one token per step with the exact cache: K = 4 passes per block, writes fused except the last
+    assert summary["one_per_step_passes_per_token"] == pytest.approx((2 * 4 + 1) / 8)
+    assert summary["batch1_tokens_per_s"] > 0 and summary["ar_batch1_tokens_per_s"] > 0
