@@ -168,7 +168,7 @@ def run_blocks(denoiser: BlockDenoiser, plan: Plan, keys_B, tokens_BS, fixed_BS,
 def sample_blocks(denoiser: BlockDenoiser, rule: StepRule, keys_B, *, length: int, block_size: int, num_steps: int,
                   cache, pad_id: int = -1):
     """Unprompted block-by-block sampling with the exact cache for any ``BlockDenoiser``
-    (e.g. an exact oracle: ``tests/sampling/test_block_oracle.py``). ``cache`` is the
+    (e.g. an exact oracle: ``tests/sampling/test_block_sampler_oracle.py``). ``cache`` is the
     denoiser's empty cache; ``length`` a multiple of ``block_size``. Returns (tokens, nfe)."""
     if length % block_size:
         raise ValueError(f"length {length} must be a multiple of block_size={block_size}")
