@@ -130,7 +130,7 @@ def test_noise_config_training_recipe_fields(kwargs, message):
         ({"embed_init_std": 0.0}, r"embed_init_std must be > 0, got 0.0"),
         ({"head_init_scale": -1.0}, r"head_init_scale must be >= 0, got -1.0"),
         ({"head_init_scale": float("nan")}, r"head_init_scale must be finite, got nan"),
-        ({"shift": True, "attention": "causal"}, r"shift .* bidirectional diffusion models, got attention='causal'"),
+        ({"shift": True, "attention": "causal"}, r"shift .* diffusion models \(bidirectional or block_causal\), got attention='causal'"),
     ],
 )
 def test_model_config_recipe_fields(kwargs, message):

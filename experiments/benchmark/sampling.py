@@ -210,8 +210,12 @@ def pass_counts(costs: PassCosts, cfg, batch, canvas, block, cache, max_nfe):
             )
         ]
     chunk = (costs.chunk(cfg, batch, block, canvas), analytic_flops(cfg, batch * block, canvas))
-    if cache == "exact":  # K steps and one cache write per block, all over the block
-        return [(*chunk, max_nfe)]
+    if cache == "exact":
+        # K steps per block over the block; a finished block is written in the next block's
+        # first pass (two blocks wide), the last block in a pass of its own
+        fused = canvas // block - 1
+        wide = (costs.chunk(cfg, batch, 2 * block, canvas), analytic_flops(cfg, batch * 2 * block, canvas))
+        return [(*wide, fused), (*chunk, max_nfe - fused)] if fused else [(*chunk, max_nfe)]
     refresh = canvas // block  # one full pass per block refreshes the approximate cache
     return [
         (
