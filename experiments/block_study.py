@@ -58,6 +58,10 @@ def variants(runs: Path) -> dict[str, ExperimentConfig]:
         "adapt_block16": adapted(runs, "adapt_block16", block_size=16, shift=True),
         "adapt_full": adapted(runs, "adapt_full", block_size=None, shift=True),
         "adapt_block4_lr3e-3": adapted(runs, "adapt_block4_lr3e-3", block_size=4, shift=True, lr=3e-3),
+        # 4x the budget (4.9M tokens): AR 4800 steps, then block 4 for 4800 (AR at 4x: benchmarks/learning)
+        "ar_half_x4": configs.quickstart_ar_phase(4 * HALF),
+        "adapt_block4_x4": adapted(runs, "adapt_block4_x4", block_size=4, shift=True, init="ar_half_x4",
+                                   steps=4 * HALF),
         # AR -> block 2 -> block 4, the adaptation half split in two phases
         "phase_b2": adapted(runs, "phase_b2", block_size=2, shift=True, steps=HALF // 2),
         "phase_b2_b4": adapted(runs, "phase_b2_b4", block_size=4, shift=True, init="phase_b2", steps=HALF // 2),

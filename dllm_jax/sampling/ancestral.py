@@ -16,12 +16,10 @@ from dllm_jax.diffusion.block import noise_process
 from dllm_jax.diffusion.masked import MaskedProcess
 from dllm_jax.diffusion.uniform import UniformProcess
 from dllm_jax.sampling.draws import (
-    TAG_PRIOR,
     TAG_TOKEN,
     TAG_UNMASK,
     Logits,
     categorical_BL,
-    randint_BL,
     uniform_BL,
 )
 from dllm_jax.sampling.driver import StepRule
@@ -29,14 +27,6 @@ from dllm_jax.sampling.driver import StepRule
 
 def times_B(batch, t):
     return jnp.full((batch,), t, jnp.float32)
-
-
-def masked_prior(process: MaskedProcess, keys_BL):
-    return jnp.full(keys_BL.shape, process.mask_id, jnp.int32)
-
-
-def uniform_prior(process: UniformProcess, keys_BL):
-    return randint_BL(keys_BL, TAG_PRIOR, process.num_tokens)
 
 
 def unmask_probability(process: MaskedProcess, t, s):
@@ -68,9 +58,6 @@ class MaskedAncestral(StepRule):
 
     process: MaskedProcess
     logits: Logits = Logits()
-
-    def prior(self, keys_BL):
-        return masked_prior(self.process, keys_BL)
 
     def step(self, denoise, tokens_BL, t, s, keys_BL, state):
         batch = tokens_BL.shape[0]
@@ -104,9 +91,6 @@ class UniformAncestral(StepRule):
 
     process: UniformProcess
     logits: Logits = Logits()
-
-    def prior(self, keys_BL):
-        return uniform_prior(self.process, keys_BL)
 
     def step(self, denoise, tokens_BL, t, s, keys_BL, state):
         batch = tokens_BL.shape[0]

@@ -45,6 +45,15 @@ def categorical_BL(keys_BL, tag: int, logits_BLV):
     return _per_position(lambda k, lg: jax.random.categorical(k, lg), keys_BL, tag, logits_BLV).astype(jnp.int32)
 
 
+def process_prior(process, keys_BL):
+    """x_1 of a noise process drawn per position (B, L): all mask for an absorbing process
+    (it has a ``mask_id``), else a uniform token at each position from its own key."""
+    mask_id = getattr(process, "mask_id", None)
+    if mask_id is not None:
+        return jnp.full(keys_BL.shape, mask_id, jnp.int32)
+    return randint_BL(keys_BL, TAG_PRIOR, process.num_tokens)
+
+
 def prior_keys(keys_B, positions_L):
     """Keys (B, L) of the prior draw."""
     return position_keys(keys_B, PRIOR_STEP, positions_L)

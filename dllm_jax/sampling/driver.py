@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dllm_jax.rng import example_keys  # noqa: F401 (re-exported)
-from dllm_jax.sampling.draws import position_keys, prior_keys
+from dllm_jax.sampling.draws import position_keys, prior_keys, process_prior
 
 Denoise = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -46,9 +46,10 @@ class StepRule(abc.ABC):
         del tokens_BL
         return None
 
-    @abc.abstractmethod
     def prior(self, keys_BL):
-        """The fully corrupted starting tokens, (B, L), from one key per position."""
+        """The fully corrupted starting tokens, (B, L), from one key per position: the
+        prior of the rule's ``process`` (``draws.process_prior``) unless a rule says otherwise."""
+        return process_prior(self.process, keys_BL)
 
     @abc.abstractmethod
     def step(self, denoise: Denoise, tokens_BL, t, s, keys_BL, state):

@@ -25,10 +25,8 @@ from dllm_jax.diffusion.uniform import UniformProcess
 from dllm_jax.sampling.ancestral import (
     ancestral,
     masked_ancestral_update,
-    masked_prior,
     times_B,
     uniform_posterior_logits,
-    uniform_prior,
 )
 from dllm_jax.sampling.draws import (
     TAG_ORDER,
@@ -141,9 +139,6 @@ class CachedMaskedAncestral(StepRule):
     def finished(self, tokens_BL):
         return ~jnp.any(tokens_BL == self.process.mask_id, axis=1)  # nothing left to unmask
 
-    def prior(self, keys_BL):
-        return masked_prior(self.process, keys_BL)
-
     def step(self, denoise, tokens_BL, t, s, keys_BL, state):
         cached_BLV, valid_B = state
         batch = tokens_BL.shape[0]
@@ -204,9 +199,6 @@ class OrderedUnmask(StepRule):
     def finished(self, tokens_BL):
         return ~jnp.any(tokens_BL == self.process.mask_id, axis=1)  # nothing left to unmask
 
-    def prior(self, keys_BL):
-        return masked_prior(self.process, keys_BL)
-
     def step(self, denoise, tokens_BL, t, s, keys_BL, state):
         total_B = state
         masked_BL = tokens_BL == self.process.mask_id
@@ -242,9 +234,6 @@ class ConfidenceThreshold(StepRule):
     def finished(self, tokens_BL):
         return ~jnp.any(tokens_BL == self.process.mask_id, axis=1)  # nothing left to unmask
 
-    def prior(self, keys_BL):
-        return masked_prior(self.process, keys_BL)
-
     def step(self, denoise, tokens_BL, t, s, keys_BL, state):
         masked_BL, masked_B, logp_BLV = masked_logp(self, denoise, tokens_BL, t)
         tok_BL = categorical_BL(keys_BL, TAG_TOKEN, logp_BLV)
@@ -274,9 +263,6 @@ class EntropyBounded(StepRule):
 
     def finished(self, tokens_BL):
         return ~jnp.any(tokens_BL == self.process.mask_id, axis=1)  # nothing left to unmask
-
-    def prior(self, keys_BL):
-        return masked_prior(self.process, keys_BL)
 
     def step(self, denoise, tokens_BL, t, s, keys_BL, state):
         masked_BL, masked_B, logp_BLV = masked_logp(self, denoise, tokens_BL, t)
@@ -323,9 +309,6 @@ class ReMDM(StepRule):
     def init_state(self, tokens_BL):
         return jnp.full(tokens_BL.shape, jnp.inf, jnp.float32)  # psi: +inf = never decoded
 
-    def prior(self, keys_BL):
-        return masked_prior(self.process, keys_BL)
-
     def sigma_BL(self, masked_BL, psi_BL, a_t, a_s):
         sigma_max = jnp.where(a_t > 0, jnp.minimum(1.0, (1.0 - a_s) / jnp.maximum(a_t, 1e-30)), 0.0)
         if self.schedule == "cap":
@@ -369,9 +352,6 @@ class UniformPredictorCorrector(StepRule):
         steps = self.corrector_steps
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise ValueError(f"corrector_steps must be an integer >= 0, got {steps!r}")
-
-    def prior(self, keys_BL):
-        return uniform_prior(self.process, keys_BL)
 
     def step(self, denoise, tokens_BL, t, s, keys_BL, state):
         batch = tokens_BL.shape[0]
