@@ -50,7 +50,7 @@ from dllm_jax.sampling.canvas import (
     round_up,
 )
 from dllm_jax.sampling.driver import StepRule, check_num_steps, example_keys
-from dllm_jax.sampling.rules import guidance_mix
+from dllm_jax.sampling.rules import guided
 
 CACHE_MODES = ("none", "exact", "approximate")
 
@@ -290,14 +290,16 @@ class _ModelDenoiser(BlockDenoiser):
         return nnx.merge(self.graphdef, self.params, copy=True)
 
     def full_logits(self, canvas_BS, t_B):
-        m, plan, valid_BS = self.model(), self.plan, self.valid_BS
-        B, S = canvas_BS.shape
+        plan, B, S = self.plan, *canvas_BS.shape
+
+        def canvas_denoise(tokens_XS, t_X):  # X = B, or 2B for guidance's two halves
+            m = self.model()
+            valid_XS = jnp.tile(self.valid_BS, (tokens_XS.shape[0] // B, 1))
+            return m.forward_chunk(tokens_XS, 0, m.init_cache(tokens_XS.shape[0], S), valid_XS, t_X)[0]
+
         if plan.guidance == 0:
-            return m.forward_chunk(canvas_BS, 0, m.init_cache(B, S), valid_BS, t_B)[0]
-        both = jnp.concatenate([canvas_BS, jnp.where(self.prompt_BS, plan.mask_id, canvas_BS)])
-        valid2, t2 = jnp.concatenate([valid_BS, valid_BS]), jnp.concatenate([t_B, t_B])
-        logits = m.forward_chunk(both, 0, m.init_cache(2 * B, S), valid2, t2)[0]
-        return guidance_mix(logits[:B], logits[B:], plan.guidance)
+            return canvas_denoise(canvas_BS, t_B)
+        return guided(canvas_denoise, self.prompt_BS, plan.mask_id, plan.guidance)(canvas_BS, t_B)
 
     def refresh(self, cache, tokens_BS):
         if self.plan.cache != "approximate":

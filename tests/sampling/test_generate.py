@@ -210,3 +210,29 @@ def test_bad_input_errors():
         generate(g, p, [[1]], **{**ok, "length": 0})
     with pytest.raises(ValueError, match="decode a causal"):
         generate(*create_model(ModelConfig(**BASE, attention="causal"), make_mesh(MeshConfig())), [[1]], **ok)
+
+
+def test_guided_generation_is_the_guided_denoiser_on_the_canvas():
+    """``generate(guidance=w)`` = the driver run with ``rules.guided`` around the model (the
+    prompt masked in the unconditional half), same keys: guidance lives in one place."""
+    import jax
+    import jax.numpy as jnp
+
+    from dllm_jax.nn import apply_model
+    from dllm_jax.sampling import example_keys, guided, run_sampler
+    from dllm_jax.sampling.draws import prior_keys
+
+    g, p = model("bidirectional")
+    prompts, G, K, w = [[1, 2, 3], [4, 5, 6]], 6, 4, 1.5
+    out = generate(g, p, prompts, length=G, rule=rule(), num_steps=K, guidance=w)
+    assert np.all(out.nfe == 2 * K)
+    P = 3
+    keys_B = example_keys(0, jnp.arange(2))
+    fixed_BL = jnp.arange(P + G)[None, :] < P
+    canvas = jnp.asarray(np.pad(np.array(prompts), ((0, 0), (0, G))), jnp.int32)
+    init_BL = jnp.where(fixed_BL, canvas, rule().prior(prior_keys(keys_B, jnp.arange(P + G))))
+    denoise = guided(lambda x, t: apply_model(g, p, x, t), jnp.broadcast_to(fixed_BL, (2, P + G)),
+                     special_ids(V).mask, w)
+    block_keys_B = jax.vmap(jax.random.fold_in, (0, None))(keys_B, 0)
+    want, _ = run_sampler(denoise, rule(), init_BL, block_keys_B, K, jnp.broadcast_to(fixed_BL, (2, P + G)))
+    np.testing.assert_array_equal(out.tokens, np.asarray(want))
