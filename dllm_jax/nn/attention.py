@@ -79,62 +79,34 @@ class Attention(nnx.Module):
         self.o = _OutProj(num_heads, head_dim, d_model, rngs=rngs, dtype=dtype)
         self.dtype = dtype
 
-    def __call__(self, x_BLD, mask_LS, positions_BL, sin, cos):
+    def __call__(self, x_BLD, mask, positions_BL, sin, cos, cache: KVCache | None = None, start=0):
+        """Self-attention of the L positions of ``x_BLD``; with a ``cache``, against it.
+
+        Without a cache, keys and values are the positions' own, under ``mask`` ((L, L), or
+        (B, 1, L, L) per row). With this layer's ``cache`` (B, S, H, Dh), the positions'
+        keys and values are written at [start, start + L) first and the queries attend to
+        the whole cache under ``mask`` ((B, L, S): the caller's structural mask and key
+        validity). Returns out_BLD, or (out_BLD, the cache with the positions written).
+        """
         q_BLHDh = apply_rotary(self.q(x_BLD), positions_BL, sin, cos)
         k_BLHDh = apply_rotary(self.k(x_BLD), positions_BL, sin, cos)
         v_BLHDh = self.v(x_BLD)
         q_BLHDh = constrain(q_BLHDh, "batch", "length", "act_heads", None)
-        bias = self._bias(positions_BL, positions_BL)
-        out_BLHDh = attend(q_BLHDh, k_BLHDh, v_BLHDh, mask_LS, bias)
-        return self.o(out_BLHDh)
+        if cache is None:
+            out_BLHDh = attend(q_BLHDh, k_BLHDh, v_BLHDh, mask, self._bias(positions_BL, positions_BL))
+            return self.o(out_BLHDh)
+        at = (0, start, 0, 0)
+        k_BSHDh = jax.lax.dynamic_update_slice(cache.k, k_BLHDh.astype(cache.k.dtype), at)
+        v_BSHDh = jax.lax.dynamic_update_slice(cache.v, v_BLHDh.astype(cache.v.dtype), at)
+        k_pos_BS = jnp.broadcast_to(jnp.arange(k_BSHDh.shape[1]), k_BSHDh.shape[:2])
+        out_BLHDh = attend(q_BLHDh, k_BSHDh, v_BSHDh, mask[:, None], self._bias(positions_BL, k_pos_BS))
+        return self.o(out_BLHDh), KVCache(k_BSHDh, v_BSHDh)
 
     def _bias(self, q_pos_BL, k_pos_BS):
         """ALiBi's distance penalty -m_h |i - j| (B, H, L, S), or None when off."""
         if not self.alibi:
             return None
         return alibi_bias(self.num_heads, q_pos_BL, k_pos_BS)
-
-    def decode(self, x_B1D, position, cache: KVCache, sin, cos):
-        """Causal attention of one new position to itself and the cached earlier ones.
-
-        Args:
-          x_B1D: the normalised input at ``position``, shape (B, 1, D).
-          position: int32 scalar (may be traced), the index of this position.
-          cache: this layer's ``KVCache`` of shape (B, S, H, K).
-
-        Returns:
-          (out_B1D, cache with this position's key and value written at ``position``).
-        """
-        positions_B1 = jnp.full((x_B1D.shape[0], 1), position, jnp.int32)
-        q_B1HK = apply_rotary(self.q(x_B1D), positions_B1, sin, cos)
-        k_B1HK = apply_rotary(self.k(x_B1D), positions_B1, sin, cos)
-        v_B1HK = self.v(x_B1D)
-        start = (0, position, 0, 0)
-        k_BSHDh = jax.lax.dynamic_update_slice(cache.k, k_B1HK.astype(cache.k.dtype), start)
-        v_BSHDh = jax.lax.dynamic_update_slice(cache.v, v_B1HK.astype(cache.v.dtype), start)
-        mask_1S = (jnp.arange(k_BSHDh.shape[1]) <= position)[None, :]
-        k_pos_BS = jnp.broadcast_to(jnp.arange(k_BSHDh.shape[1]), k_BSHDh.shape[:2])
-        out_B1HK = attend(q_B1HK, k_BSHDh, v_BSHDh, mask_1S, self._bias(positions_B1, k_pos_BS))
-        return self.o(out_B1HK), KVCache(k_BSHDh, v_BSHDh)
-
-    def chunk(self, x_BCD, start, cache: KVCache, mask_BCS, sin, cos):
-        """A chunk of C positions from ``start`` against this layer's cache.
-
-        The chunk's keys and values are written into the cache at [start, start + C), then
-        its queries attend to the whole cache under ``mask_BCS`` (the caller's structural
-        mask and key validity). Returns (out_BCD, the cache with the chunk written).
-        """
-        B, C, _ = x_BCD.shape
-        positions_BC = jnp.broadcast_to(start + jnp.arange(C), (B, C))
-        q_BCHDh = apply_rotary(self.q(x_BCD), positions_BC, sin, cos)
-        k_BCHDh = apply_rotary(self.k(x_BCD), positions_BC, sin, cos)
-        v_BCHDh = self.v(x_BCD)
-        at = (0, start, 0, 0)
-        k_BSHDh = jax.lax.dynamic_update_slice(cache.k, k_BCHDh.astype(cache.k.dtype), at)
-        v_BSHDh = jax.lax.dynamic_update_slice(cache.v, v_BCHDh.astype(cache.v.dtype), at)
-        k_pos_BS = jnp.broadcast_to(jnp.arange(k_BSHDh.shape[1]), k_BSHDh.shape[:2])
-        out_BCHDh = attend(q_BCHDh, k_BSHDh, v_BSHDh, mask_BCS[:, None], self._bias(positions_BC, k_pos_BS))
-        return self.o(out_BCHDh), KVCache(k_BSHDh, v_BSHDh)
 
 
 def structural_mask(kind: str, q_pos_L, kv_pos_S, block_size: int = 1):

@@ -6,6 +6,7 @@ with ``nnx.scan`` so compile time does not grow with depth. The attention mask k
 DiT-style adaLN-Zero: every block gets (shift, scale, gate) for both sub-layers from t.
 Causal models also decode one position at a time against a preallocated KV cache
 (``init_cache`` / ``decode_step``); the caller owns the cache and carries it in its scan.
+One layer scan serves every pass (``_layers``: a full pass, or a chunk against a cache).
 """
 
 from __future__ import annotations
@@ -52,27 +53,16 @@ class Block(nnx.Module):
             else None
         )
 
-    def __call__(self, x_BLD, mask_LS, positions_BL, sin, cos, cond_BC):
+    def __call__(self, x_BLD, mask, positions_BL, sin, cos, cond_BC, cache: KVCache | None = None, start=0):
+        """The block on L positions; with this layer's ``cache``: (x_BLD, the cache with them written)."""
+
         def attend(h_BLD):
-            return self.attn(h_BLD, mask_LS, positions_BL, sin, cos), None
+            if cache is None:
+                return self.attn(h_BLD, mask, positions_BL, sin, cos), None
+            return self.attn(h_BLD, mask, positions_BL, sin, cos, cache, start)
 
-        return self._residual(x_BLD, attend, cond_BC)[0]
-
-    def decode(self, x_B1D, position, cache: KVCache, sin, cos, cond_BC):
-        """One new position against this layer's cache: (x_B1D, cache with it written)."""
-
-        def attend(h_B1D):
-            return self.attn.decode(h_B1D, position, cache, sin, cos)
-
-        return self._residual(x_B1D, attend, cond_BC)
-
-    def chunk(self, x_BCD, start, cache: KVCache, mask_BCS, sin, cos, cond_BC):
-        """A chunk of positions against this layer's cache: (x_BCD, cache with it written)."""
-
-        def attend(h_BCD):
-            return self.attn.chunk(h_BCD, start, cache, mask_BCS, sin, cos)
-
-        return self._residual(x_BCD, attend, cond_BC)
+        x_BLD, written = self._residual(x_BLD, attend, cond_BC)
+        return x_BLD if cache is None else (x_BLD, written)
 
     def _residual(self, x_BLD, attend, cond_BC):
         """The two pre-norm residual sub-layers; ``attend(h) -> (out, aux)``, aux passed out."""
@@ -188,23 +178,32 @@ class Transformer(nnx.Module):
         if length > self.config.max_len:
             raise ValueError(f"sequence length {length} exceeds the model's max_len={self.config.max_len}")
 
-    def _layers(self, x_BLD, mask, positions_BL, cond_BC):
-        """The layer scan of a full forward pass (no cache)."""
+    def _layers(self, x_BLD, mask, positions_BL, cond_BC, cache: KVCache | None = None, start=0):
+        """The one layer scan: a full pass (no cache), or positions [start, start + L) against
+        a KV cache of every layer (N, B, S, H, Dh), returning (x, the cache with them written)."""
         config = self.config
         sin, cos = rotary_tables(config.max_len, config.head_dim, config.rope_theta)
         x_BLD = constrain(x_BLD, "batch", "length", "act_embed")
+        if cache is None:
+            def body(block, x, mask, pos, s, c, cond):
+                return block(x, mask, pos, s, c, cond)
 
-        def body(block, x, mask, pos, s, c, cond):
-            return block(x, mask, pos, s, c, cond)
+            if config.remat:
+                body = nnx.remat(body)
 
-        if config.remat:
-            body = nnx.remat(body)
+            @nnx.scan(in_axes=(0, nnx.Carry, None, None, None, None, None), out_axes=nnx.Carry,
+                      transform_metadata=_LAYERS)
+            def run(block, x, mask, pos, s, c, cond):
+                return body(block, x, mask, pos, s, c, cond)
 
-        @nnx.scan(in_axes=(0, nnx.Carry, None, None, None, None, None), out_axes=nnx.Carry, transform_metadata=_LAYERS)
-        def run(block, x, mask, pos, s, c, cond):
-            return body(block, x, mask, pos, s, c, cond)
+            return run(self.blocks, x_BLD, mask, positions_BL, sin, cos, cond_BC)
 
-        return run(self.blocks, x_BLD, mask, positions_BL, sin, cos, cond_BC)
+        @nnx.scan(in_axes=(0, nnx.Carry, 0, None, None, None, None, None, None), out_axes=(nnx.Carry, 0),
+                  transform_metadata=_LAYERS)
+        def run_cached(block, x, layer_cache, st, mask, pos, s, c, cond):
+            return block(x, mask, pos, s, c, cond, layer_cache, st)
+
+        return run_cached(self.blocks, x_BLD, cache, start, mask, positions_BL, sin, cos, cond_BC)
 
     def init_cache(self, batch: int, length: int | None = None) -> KVCache:
         """An empty KV cache: k and v of shape (N, B, length, H, K), length max_len by default."""
@@ -239,19 +238,8 @@ class Transformer(nnx.Module):
                 "decode_step needs a causal model without time conditioning, got "
                 f"attention={config.attention!r}, time_conditioning={config.time_conditioning}"
             )
-        sin, cos = rotary_tables(config.max_len, config.head_dim, config.rope_theta)
-        x_B1D = constrain(self.embed(tokens_B[:, None]), "batch", "length", "act_embed")
-
-        @nnx.scan(
-            in_axes=(0, nnx.Carry, 0, None, None, None),
-            out_axes=(nnx.Carry, 0),
-            transform_metadata=_LAYERS,
-        )
-        def run(block, x, layer_cache, pos, s, c):
-            return block.decode(x, pos, layer_cache, s, c, None)
-
-        x_B1D, cache = run(self.blocks, x_B1D, cache, position, sin, cos)
-        return self._logits(x_B1D, None)[:, 0], cache
+        logits_B1V, cache = self._raw_chunk(tokens_B[:, None], position, cache, with_cache=True)
+        return logits_B1V[:, 0], cache
 
     def forward_chunk(self, tokens_BC, start, cache: KVCache, kv_valid_BS=None, t_B=None):
         """Logits of the chunk at positions [start, start + C), reading and writing a KV cache.
@@ -296,23 +284,13 @@ class Transformer(nnx.Module):
         config = self.config
         B, C = tokens_BC.shape
         S = cache.k.shape[2]
-        sin, cos = rotary_tables(config.max_len, config.head_dim, config.rope_theta)
         mask_CS = structural_mask(config.attention, start + jnp.arange(C), jnp.arange(S), config.block_size)
         mask_BCS = jnp.broadcast_to(mask_CS, (B, C, S))
         if kv_valid_BS is not None:
             mask_BCS = mask_BCS & kv_valid_BS[:, None, :]
         cond_BC = self._condition(t_B, B)
-        x_BCD = constrain(self.embed(tokens_BC), "batch", "length", "act_embed")
-
-        @nnx.scan(
-            in_axes=(0, nnx.Carry, 0, None, None, None, None, None),
-            out_axes=(nnx.Carry, 0),
-            transform_metadata=_LAYERS,
-        )
-        def run(block, x, layer_cache, st, mask, s, c, cond):
-            return block.chunk(x, st, layer_cache, mask, s, c, cond)
-
-        x_BCD, cache = run(self.blocks, x_BCD, cache, start, mask_BCS, sin, cos, cond_BC)
+        positions_BC = jnp.broadcast_to(start + jnp.arange(C), (B, C))
+        x_BCD, cache = self._layers(self.embed(tokens_BC), mask_BCS, positions_BC, cond_BC, cache, start)
         logits = self._logits(x_BCD, cond_BC)
         return (logits, cache) if with_cache else logits
 
