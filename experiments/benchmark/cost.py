@@ -104,7 +104,6 @@ class PassCosts:
             self._memo[key] = self._with_layers(
                 config,
                 xla_cost(cost_compile(run, *args)),
-                lambda b, *a: b.chunk(*a),
                 batch,
                 chunk,
                 keys,
@@ -127,15 +126,15 @@ class PassCosts:
             self._memo[key] = self._with_layers(
                 config,
                 cost,
-                lambda b, x, st, c, m, s, co, cd: b.decode(x, st, c, s, co, cd),
                 batch,
                 1,
                 keys,
             )
         return self._memo[key]
 
-    def _with_layers(self, config, cost, call, batch, queries, keys):
-        """Add (num_layers - 1) x one compiled layer when XLA counted the layer scan once."""
+    def _with_layers(self, config, cost, batch, queries, keys):
+        """Add (num_layers - 1) x one compiled layer (``queries`` positions against a cache of
+        ``keys``: what every pass of the layer scan runs) when XLA counted the scan once."""
         if self.loops != "once" or config.num_layers == 1:
             return cost
         bgd, bstate = nnx.split(nnx.eval_shape(lambda: Block(config, rngs=nnx.Rngs(0))))
@@ -147,9 +146,9 @@ class PassCosts:
 
         def layer(bstate, x, start, k, v, mask, cond):
             sin, cos = rotary_tables(config.max_len, config.head_dim, config.rope_theta)
-            return call(
-                nnx.merge(bgd, bstate, copy=True), x, start, KVCache(k, v), mask, sin, cos, cond
-            )
+            positions = jnp.broadcast_to(start + jnp.arange(queries), (batch, queries))
+            block = nnx.merge(bgd, bstate, copy=True)
+            return block(x, mask, positions, sin, cos, cond, KVCache(k, v), start)
 
         args = (
             bstate,
