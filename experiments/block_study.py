@@ -130,7 +130,8 @@ def report(records: dict[str, dict], out: Path) -> str:
             if before is None:
                 break
             tokens, parent = tokens + before["tokens"], before["init_from"]
-        ratio = f"{math.exp(r['val_loss'] - ar['val_loss']):.2f}x" if ar else "-"
+        same = ar is not None and tokens == ar["tokens"]  # a ratio only at equal tokens
+        ratio = f"{math.exp(r['val_loss'] - ar['val_loss']):.2f}x" if same else "-"
         lines.append(f"| {name} | {r['attention']} | {r['block_size'] or '-'} | {r['shift']} | "
                      f"{Path(r['init_from']).name if r['init_from'] else '-'} | {tokens:,} | {r['val_loss']:.3f} | "
                      f"{r['val_ppl']:.1f} | {ratio} | {_f(r.get('nll_t0.10'))} | {positions(r)} | "
