@@ -78,10 +78,11 @@ def test_two_stream_logits_equal_the_cached_generation_forward(shift):
         cache = write(params, data["tokens"][:, start:start + BLOCK], start, cache)
 
 
-def test_block_size_L_is_the_full_sequence_objective():
+@pytest.mark.parametrize("process", ["masked", "uniform"])
+def test_block_size_L_is_the_full_sequence_objective(process):
     graphdef, params = block_model(block_size=L)
     bidir_graphdef, _ = create_model(ModelConfig(**{**BASE, "attention": "bidirectional"}), make_mesh(MeshConfig()))
-    noise = NoiseConfig(process="masked")
+    noise = NoiseConfig(process=process)
     block = make_objective(noise, V, nnx.merge(graphdef, params).config)
     process = make_objective(noise, V)
     assert isinstance(block, BlockDiffusion) and block.process == process
