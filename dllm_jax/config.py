@@ -63,6 +63,9 @@ class ModelConfig:
       embed_init_std: standard deviation of the input embedding at initialisation.
       head_init_scale: the output projection's initial weights are LeCun-normal times this
         factor (0 = zero init: uniform logits at step 0).
+      context_attention: block-causal models only: how finished (clean) blocks attend among
+        themselves: ``block_causal`` (BD3-LM) or ``causal`` (Fast-dLLM v2: an AR model adapted
+        to blocks keeps its causal context; needs ``generate(cache="exact")``).
     """
 
     num_tokens: int
@@ -83,6 +86,7 @@ class ModelConfig:
     attention_bias: Literal["none", "alibi"] = "none"
     embed_init_std: float = 1.0
     head_init_scale: float = 1.0
+    context_attention: Literal["block_causal", "causal"] = "block_causal"
 
     def __post_init__(self):
         check_types(self)
@@ -108,6 +112,12 @@ class ModelConfig:
         one_of(self, "attention", ATTENTION_KINDS)
         one_of(self, "dtype", DTYPES)
         one_of(self, "attention_bias", ("none", "alibi"))
+        one_of(self, "context_attention", ("block_causal", "causal"))
+        if self.context_attention != "block_causal" and self.attention != "block_causal":
+            raise ValueError(
+                f"ModelConfig.context_attention={self.context_attention!r} is for block_causal models, "
+                f"got attention={self.attention!r}"
+            )
         if not number(self, "rope_theta") > 0:
             raise ValueError(f"ModelConfig.rope_theta must be > 0, got {self.rope_theta}")
         if not number(self, "embed_init_std") > 0:

@@ -41,9 +41,10 @@ def block(block_size: int, *, shift: bool = True) -> ExperimentConfig:
 
 
 def adapted(runs: Path, name: str, *, block_size: int | None, shift: bool, lr: float = 1e-3,
-            init: str = "ar_half", steps: int = HALF) -> ExperimentConfig:
+            init: str = "ar_half", steps: int = HALF, context: str = "block_causal") -> ExperimentConfig:
     """Diffusion initialised from the run ``init`` (half the budget of AR by default)."""
-    return configs.quickstart_adapted(str(runs / init), block_size, shift=shift, steps=steps, lr=lr, name=name)
+    return configs.quickstart_adapted(str(runs / init), block_size, shift=shift, steps=steps, lr=lr,
+                                      context_attention=context, name=name)
 
 
 def variants(runs: Path) -> dict[str, ExperimentConfig]:
@@ -57,6 +58,9 @@ def variants(runs: Path) -> dict[str, ExperimentConfig]:
         "adapt_block4_noshift": adapted(runs, "adapt_block4_noshift", block_size=4, shift=False),
         "adapt_block16": adapted(runs, "adapt_block16", block_size=16, shift=True),
         "adapt_full": adapted(runs, "adapt_full", block_size=None, shift=True),
+        # Fast-dLLM v2: the clean context stays causal (the AR model's own attention)
+        "adapt_block4_causal_context": adapted(runs, "adapt_block4_causal_context", block_size=4, shift=True,
+                                               context="causal"),
         "adapt_block4_lr3e-3": adapted(runs, "adapt_block4_lr3e-3", block_size=4, shift=True, lr=3e-3),
         # 4x the budget (4.9M tokens): AR 4800 steps, then block 4 for 4800 (AR at 4x: benchmarks/learning)
         "ar_half_x4": configs.quickstart_ar_phase(4 * HALF),

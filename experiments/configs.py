@@ -55,7 +55,8 @@ def quickstart(process: str = "masked") -> ExperimentConfig:
     )
 
 
-def quickstart_block(block_size: int = 4, *, shift: bool = True, name: str = "") -> ExperimentConfig:
+def quickstart_block(block_size: int = 4, *, shift: bool = True, context_attention: str = "block_causal",
+                     name: str = "") -> ExperimentConfig:
     """The quickstart's masked model as a block diffusion model (BD3-LM's block NELBO).
 
     Blocks of ``block_size`` tokens, each denoised given the clean blocks before it; Dream's
@@ -67,7 +68,8 @@ def quickstart_block(block_size: int = 4, *, shift: bool = True, name: str = "")
     base = quickstart("masked")
     return dataclasses.replace(
         base, name=name or f"quickstart-block{block_size}",
-        model=dataclasses.replace(base.model, attention="block_causal", block_size=block_size, shift=shift),
+        model=dataclasses.replace(base.model, attention="block_causal", block_size=block_size, shift=shift,
+                                  context_attention=context_attention),
         noise=NoiseConfig(process="masked", time_distribution="logit_normal"),
         # samples: K steps per block, up to one token per step
         loop=dataclasses.replace(base.loop, sample_steps=tuple(sorted({1, max(block_size // 2, 1), block_size}))),
@@ -85,12 +87,12 @@ def quickstart_ar_phase(steps: int = 1200) -> ExperimentConfig:
 
 
 def quickstart_adapted(init_from: str, block_size: int | None = 4, *, shift: bool = True, steps: int = 1200,
-                       lr: float = 1e-3, name: str = "") -> ExperimentConfig:
+                       lr: float = 1e-3, context_attention: str = "block_causal", name: str = "") -> ExperimentConfig:
     """A diffusion model initialised from an AR run (``TrainConfig.init_from``), trained for
     ``steps`` more: block diffusion with ``block_size``, or bidirectional (None, Dream-style:
     shift, no AR curriculum since the AR phase came first). Fresh optimiser, warmup a tenth."""
     if block_size:
-        exp = quickstart_block(block_size, shift=shift)
+        exp = quickstart_block(block_size, shift=shift, context_attention=context_attention)
     else:
         base = quickstart("masked")
         exp = dataclasses.replace(base, model=dataclasses.replace(base.model, shift=shift),

@@ -35,19 +35,21 @@ def attention_mask(kind: str, q_len: int, kv_len: int | None = None, block_size:
     return jnp.asarray(mask)
 
 
-def two_stream_mask(length: int, block_size: int):
+def two_stream_mask(length: int, block_size: int, causal_context: bool = False):
     """BD3-LM's (2L, 2L) mask over the concatenation [x_t, x_0] (noisy stream first).
 
     Noisy block b attends to itself (bidirectionally) and to the clean blocks < b; clean
     positions attend block-causally among themselves and never to the noisy stream. Block
     b's noisy queries thus see exactly what the cached generation forward shows them: the
-    finished (clean) earlier blocks and the block being denoised.
+    finished (clean) earlier blocks and the block being denoised. ``causal_context``: the
+    clean stream is causal instead (Fast-dLLM v2: an AR model's context stays AR).
     """
     blk = np.arange(length) // block_size
     qb, kb = blk[:, None], blk[None, :]
     noisy_noisy = qb == kb
     noisy_clean = kb < qb
-    clean_clean = kb <= qb
+    pos = np.arange(length)
+    clean_clean = pos[None, :] <= pos[:, None] if causal_context else kb <= qb
     top = np.concatenate([noisy_noisy, noisy_clean], axis=1)
     bottom = np.concatenate([np.zeros((length, length), bool), clean_clean], axis=1)
     return jnp.asarray(np.concatenate([top, bottom], axis=0))

@@ -164,7 +164,8 @@ class Transformer(nnx.Module):
         x_BTD = self.embed(jnp.concatenate([noisy_BL, clean_BL], axis=1))
         positions_BT = jnp.broadcast_to(jnp.concatenate([jnp.arange(L), jnp.arange(L)]), (B, 2 * L))
         cond_BC = self._condition(t_B, B)
-        x_BTD = self._layers(x_BTD, two_stream_mask(L, config.block_size), positions_BT, cond_BC)
+        mask_TT = two_stream_mask(L, config.block_size, causal_context=config.context_attention == "causal")
+        x_BTD = self._layers(x_BTD, mask_TT, positions_BT, cond_BC)
         raw_BTV = self._logits(x_BTD, cond_BC)
         noisy_BLV, clean_BLV = raw_BTV[:, :L], raw_BTV[:, L:]
         if not config.shift:
@@ -277,14 +278,24 @@ class Transformer(nnx.Module):
         """The cache with the chunk at [start, start + C) written (every layer): how a
         finished block enters the exact cache. Works for ``shift`` models too (the written
         keys and values do not depend on how outputs are aligned)."""
-        return self._raw_chunk(tokens_BC, start, cache, kv_valid_BS, t_B, with_cache=True)[1]
+        C = tokens_BC.shape[1]
+        return self._raw_chunk(tokens_BC, start, cache, kv_valid_BS, t_B, with_cache=True, clean_until=start + C)[1]
 
-    def _raw_chunk(self, tokens_BC, start, cache: KVCache, kv_valid_BS=None, t_B=None, with_cache=False):
-        """The network's outputs at [start, start + C) (not re-aligned for ``shift``)."""
+    def _raw_chunk(self, tokens_BC, start, cache: KVCache, kv_valid_BS=None, t_B=None, with_cache=False,
+                   clean_until=0):
+        """The network's outputs at [start, start + C) (not re-aligned for ``shift``).
+
+        Queries at absolute positions < ``clean_until`` are finished (clean) tokens: with
+        ``context_attention="causal"`` they attend causally, as the two-stream forward's clean
+        stream does; every other query attends by the model's attention kind.
+        """
         config = self.config
         B, C = tokens_BC.shape
         S = cache.k.shape[2]
-        mask_CS = structural_mask(config.attention, start + jnp.arange(C), jnp.arange(S), config.block_size)
+        q_pos_C, k_pos_S = start + jnp.arange(C), jnp.arange(S)
+        mask_CS = structural_mask(config.attention, q_pos_C, k_pos_S, config.block_size)
+        if config.context_attention == "causal":
+            mask_CS = mask_CS & ((q_pos_C[:, None] >= clean_until) | (k_pos_S[None, :] <= q_pos_C[:, None]))
         mask_BCS = jnp.broadcast_to(mask_CS, (B, C, S))
         if kv_valid_BS is not None:
             mask_BCS = mask_BCS & kv_valid_BS[:, None, :]
@@ -295,7 +306,7 @@ class Transformer(nnx.Module):
         return (logits, cache) if with_cache else logits
 
     def canvas_chunk(self, canvas_BS, start, size: int, cache: KVCache, kv_valid_BS=None, t_B=None,
-                     return_cache: bool = False):
+                     return_cache: bool = False, clean_until=None):
         """Logits of positions [start, start + size) of ``canvas_BS``, against ``cache``.
 
         ``forward_chunk`` of that slice for an ordinary model. A ``shift`` model predicts
@@ -310,18 +321,24 @@ class Transformer(nnx.Module):
           size: the chunk length C (static); a shift model needs C < S.
           cache, kv_valid_BS, t_B: as for ``forward_chunk``.
           return_cache: also return the cache with the chunk's keys and values written.
+          clean_until: positions before it are finished blocks (default ``start``: the chunk
+            is being denoised), for ``context_attention="causal"``.
 
         Returns:
           logits (B, C, V) float32 (and the cache, with ``return_cache``).
         """
         S = canvas_BS.shape[1]
+        clean_until = start if clean_until is None else clean_until
         if not self.config.shift or size == S:
             chunk_BC = jax.lax.dynamic_slice_in_dim(canvas_BS, start, size, axis=1)
-            logits_BCV, cache = self.forward_chunk(chunk_BC, start, cache, kv_valid_BS, t_B)
+            raw_BCV, cache = self._raw_chunk(chunk_BC, start, cache, kv_valid_BS, t_B, with_cache=True,
+                                             clean_until=clean_until)
+            logits_BCV = self._aligned(raw_BCV) if self.config.shift else raw_BCV
             return (logits_BCV, cache) if return_cache else logits_BCV
         wide = jnp.maximum(start - 1, 0)
         ext_BE = jax.lax.dynamic_slice_in_dim(canvas_BS, wide, size + 1, axis=1)
-        raw_BEV, cache = self._raw_chunk(ext_BE, wide, cache, kv_valid_BS, t_B, with_cache=True)
+        raw_BEV, cache = self._raw_chunk(ext_BE, wide, cache, kv_valid_BS, t_B, with_cache=True,
+                                         clean_until=clean_until)
         first_BCV = jnp.concatenate([raw_BEV[:, :1], raw_BEV[:, : size - 1]], axis=1)
         logits_BCV = jnp.where(start == 0, first_BCV, raw_BEV[:, :size])
         return (logits_BCV, cache) if return_cache else logits_BCV

@@ -232,6 +232,11 @@ def _plan(config: ModelConfig, rule, num_steps, block_size, cache, stops, eos_id
             raise ValueError(f"the exact cache needs block_size = the model's block_size {config.block_size}, got {block_size}")
         if config.time_conditioning:
             raise ValueError("the exact cache needs a model that ignores t (finished blocks are cached at one t)")
+    if config.context_attention == "causal" and cache != "exact":
+        raise ValueError(
+            "a model with context_attention='causal' attends causally within finished blocks, which only "
+            f"the exact cache reproduces: use cache='exact' with block_size={config.block_size}, got cache={cache!r}"
+        )
     if cache == "approximate" and config.attention != "bidirectional":
         raise ValueError(f"the approximate cache is for bidirectional models, this one is {config.attention!r}")
     if guidance > 0 and cache != "none":
@@ -321,7 +326,8 @@ class _ModelDenoiser(BlockDenoiser):
     def fused(self, cache, tokens_BS, x_BC, start):
         C = x_BC.shape[1]
         canvas = jax.lax.dynamic_update_slice_in_dim(tokens_BS, x_BC, start, axis=1)
-        logits, cache = self.model().canvas_chunk(canvas, start - C, 2 * C, cache, self.valid_BS, return_cache=True)
+        logits, cache = self.model().canvas_chunk(canvas, start - C, 2 * C, cache, self.valid_BS, return_cache=True,
+                                                  clean_until=start)
         return logits[:, C:], cache
 
 

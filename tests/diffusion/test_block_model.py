@@ -56,9 +56,9 @@ def batch(seed=0):
     return {"tokens": tokens, "loss_mask": jnp.ones((B, L), bool), "index": jnp.arange(B)}
 
 
-@pytest.mark.parametrize("shift", [False, True])
-def test_two_stream_logits_equal_the_cached_generation_forward(shift):
-    graphdef, params = block_model(shift=shift)
+@pytest.mark.parametrize(("shift", "context"), [(False, "block_causal"), (True, "block_causal"), (True, "causal")])
+def test_two_stream_logits_equal_the_cached_generation_forward(shift, context):
+    graphdef, params = block_model(shift=shift, context_attention=context)
     model = nnx.merge(graphdef, params)
     objective = make_objective(NoiseConfig(process="masked"), V, model.config)
     data = batch()
@@ -66,6 +66,10 @@ def test_two_stream_logits_equal_the_cached_generation_forward(shift):
     noisy_BL, _ = objective.corrupt_blocks(keys_B, data["tokens"], data["loss_mask"], jnp.array([0.2, 0.5, 0.8]))
     assert bool(jnp.any(noisy_BL != data["tokens"]))
     train_BLV = model(noisy_BL, None, clean_BL=data["tokens"])
+    if context == "causal":  # the context mask is in effect: other logits than block-causal context
+        other = nnx.merge(block_model(shift=shift)[0], params)(noisy_BL, None, clean_BL=data["tokens"])
+        assert not np.allclose(train_BLV[:, BLOCK:], other[:, BLOCK:], atol=1e-4)
+        np.testing.assert_allclose(train_BLV[:, :BLOCK], other[:, :BLOCK], atol=1e-5)  # block 0: no context
     write, read = cached_forward(graphdef, BLOCK)
     cache = model.init_cache(B, L)
     for b in range(L // BLOCK):

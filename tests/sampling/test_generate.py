@@ -27,9 +27,9 @@ PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [], [3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3]]
 
 
 @functools.cache
-def model(attention: str, time_conditioning: bool = False, shift: bool = False):
+def model(attention: str, time_conditioning: bool = False, shift: bool = False, context: str = "block_causal"):
     config = ModelConfig(**BASE, attention=attention, block_size=BLOCK, time_conditioning=time_conditioning,
-                         shift=shift)
+                         shift=shift, context_attention=context)
     return create_model(config, make_mesh(MeshConfig()), seed=1)
 
 
@@ -38,9 +38,9 @@ def rule(process: str = "masked"):
     return ancestral(make_objective(NoiseConfig(process=process), V))
 
 
-def gen(attention="block_causal", prompts=PROMPTS, shift=False, **kw):
+def gen(attention="block_causal", prompts=PROMPTS, shift=False, context="block_causal", **kw):
     kw = {"length": 10, "rule": rule(), "num_steps": 4, **kw}
-    return generate(*model(attention, shift=shift), prompts, **kw)
+    return generate(*model(attention, shift=shift, context=context), prompts, **kw)
 
 
 @pytest.mark.parametrize("shift", [False, True])
@@ -210,6 +210,16 @@ def test_bad_input_errors():
         generate(g, p, [[1]], **{**ok, "length": 0})
     with pytest.raises(ValueError, match="decode a causal"):
         generate(*create_model(ModelConfig(**BASE, attention="causal"), make_mesh(MeshConfig())), [[1]], **ok)
+
+
+def test_causal_context_generates_with_the_exact_cache_fused_or_not():
+    """Fused writes build the causal context exactly like separate writes; other caches are
+    refused (they would attend block-causally within finished blocks)."""
+    fused = gen(block_size=BLOCK, cache="exact", shift=True, context="causal")
+    separate = gen(block_size=BLOCK, cache="exact", shift=True, context="causal", fuse_writes=False)
+    np.testing.assert_array_equal(fused.tokens, separate.tokens)
+    with pytest.raises(ValueError, match="context_attention='causal'.*cache='exact'"):
+        gen(block_size=BLOCK, cache="none", shift=True, context="causal")
 
 
 def test_guided_generation_is_the_guided_denoiser_on_the_canvas():
