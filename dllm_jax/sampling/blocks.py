@@ -10,6 +10,7 @@ block-conditional oracle of a tiny distribution.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 
 import jax
@@ -47,7 +48,7 @@ class Plan:
     fuse_writes: bool = True  # exact cache: a finished block is written in the next block's first pass
 
 
-class BlockDenoiser:
+class BlockDenoiser(abc.ABC):
     """What the block loop needs of a model: logits of a block given the canvas, and (for a
     cache) how a finished block is stored. ``cache`` is whatever the denoiser keeps across
     blocks (a KV cache for a Transformer, the clean canvas for an exact oracle)."""
@@ -60,19 +61,23 @@ class BlockDenoiser:
         """(cache, extra passes) at a block's start (the approximate cache's full pass)."""
         return cache, 0
 
+    @abc.abstractmethod
     def chunk_logits(self, cache, tokens_BS, x_BC, start, t_B):
         """Logits (B, C, V) of the block at ``start`` holding ``x_BC``, the rest of the canvas
         as in ``tokens_BS``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def write(self, cache, new_BC, start):
-        """The cache with a finished block written (exact cache only)."""
-        raise NotImplementedError
+        """The cache with a finished block written (the exact cache's write pass)."""
 
     def fused(self, cache, tokens_BS, x_BC, start):
         """(logits of the block at ``start`` holding ``x_BC`` at its first step, the cache with
-        the previous block [start - C, start) written), in one pass over both blocks."""
-        raise NotImplementedError
+        the previous block [start - C, start) written). A denoiser that sets ``fuses_writes``
+        does this in one pass over both blocks; this default takes two (write, then read)."""
+        C = x_BC.shape[1]
+        previous_BC = jax.lax.dynamic_slice_in_dim(tokens_BS, start - C, C, axis=1)
+        cache = self.write(cache, previous_BC, start - C)
+        return self.chunk_logits(cache, tokens_BS, x_BC, start, jnp.ones(x_BC.shape[:1])), cache
 
 
 def run_blocks(denoiser: BlockDenoiser, plan: Plan, keys_B, tokens_BS, fixed_BS, prompt_len_B, end_B,

@@ -87,7 +87,6 @@ class Sampler:
 
     def __call__(self, params, num_steps: int):
         length = min(self.exp.loop.sample_length, self.exp.model.max_len)
-        keys = example_keys(10_000 + num_steps, jnp.arange(self.exp.loop.num_samples))
         if isinstance(self.objective, BlockDiffusion):  # block by block, with the exact cache
             blk = self.objective.block_size
             rows = [[]] * self.exp.loop.num_samples
@@ -103,6 +102,7 @@ class Sampler:
                 rule = ancestral(self.objective)
                 fn = lambda p, k: sample(lambda x, t: apply_model(g, p, x, t), rule, k, length, num_steps)[0]
             self._fns[num_steps] = jax.jit(fn)
+        keys = example_keys(10_000 + num_steps, jnp.arange(self.exp.loop.num_samples))
         return np.asarray(self._fns[num_steps](params, keys))
 
     def texts(self, params, tok) -> dict[int, list[str]]:
