@@ -1,0 +1,111 @@
+"""The training objective's config: a noise process, its schedule and time sampling."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from dllm_jax.validate import check_types, number, one_of
+
+PROCESS_KINDS = ("masked", "uniform", "ar")
+SCHEDULE_KINDS = ("loglinear", "cosine", "polynomial")
+TIME_DISTRIBUTIONS = ("uniform", "logit_normal")
+WEIGHTINGS = ("elbo", "flat")
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseConfig:
+    """The training objective: a noise process with its schedule, or the AR baseline.
+
+    The fields below ``t_min`` change how the model is *trained* only. Evaluation always
+    reports the true bound (the ELBO integrated over uniform times on [t_min, t_max]).
+
+    Attributes:
+      process: ``masked`` (absorbing), ``uniform`` or ``ar``.
+      schedule: ``loglinear`` (alpha = 1 - t), ``cosine`` or ``polynomial``.
+      exponent: the polynomial schedule's power (alpha = 1 - t**exponent).
+      t_min: the bound integrates over [t_min, 1] (masked) or [t_min, 1 - t_min]
+        (uniform); uniform training times over that range make the loss unbiased for it.
+      time_distribution: how training times are drawn from the stratified uniforms:
+        ``uniform`` on [t_low, t_high], or ``logit_normal`` (t = sigmoid(logit_mean +
+        logit_std * z), bell-shaped) truncated to [t_low, t_high]. Both map the stratified
+        uniforms through an inverse CDF, so the batch stays stratified.
+      t_low, t_high: clip training times to [t_low, t_high] (BD3-LM's clipped schedules);
+        (0, 1) = no clipping. Intersected with the process's [t_min, t_max].
+      logit_mean, logit_std: the logit-normal's location and scale.
+      weighting: ``elbo`` (each corrupted token's loss weighted by the ELBO's
+        -alpha'/(1 - alpha), normalised by all tokens: the bound itself) or ``flat``
+        (plain cross-entropy on the corrupted tokens, averaged over them: MaskGIT/LLaDA-style
+        training; for the uniform process every position, since any may be corrupted).
+      ar_fraction: this share of the training rows (chosen per example, from its key) is
+        trained with the AR loss on the same backbone under a causal mask (Eso-LM-style
+        mixing); the rest with the diffusion loss. 0 = pure diffusion.
+      ar_fraction_end: the share at the last step, reached linearly from ``ar_fraction``
+        at step 0 (a curriculum from AR to diffusion in one run); None = constant.
+      ar_anneal_end: the share of training, in (0, 1], by which ``ar_fraction_end`` is
+        reached (then held): 0.5 = anneal over the first half, pure end share after.
+    """
+
+    process: Literal["masked", "uniform", "ar"] = "masked"
+    schedule: Literal["loglinear", "cosine", "polynomial"] = "loglinear"
+    exponent: float = 1.0
+    t_min: float = 1e-3
+    time_distribution: Literal["uniform", "logit_normal"] = "uniform"
+    t_low: float = 0.0
+    t_high: float = 1.0
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    weighting: Literal["elbo", "flat"] = "elbo"
+    ar_fraction: float = 0.0
+    ar_fraction_end: float | None = None
+    ar_anneal_end: float = 1.0
+
+    def __post_init__(self):
+        check_types(self)
+        one_of(self, "process", PROCESS_KINDS)
+        one_of(self, "schedule", SCHEDULE_KINDS)
+        one_of(self, "time_distribution", TIME_DISTRIBUTIONS)
+        one_of(self, "weighting", WEIGHTINGS)
+        for name in ("exponent", "t_min", "t_low", "t_high", "logit_mean", "logit_std", "ar_fraction"):
+            number(self, name)
+        if not self.exponent > 0:
+            raise ValueError(f"NoiseConfig.exponent must be > 0, got {self.exponent}")
+        if not 0 <= self.t_min < 0.5:
+            raise ValueError(f"NoiseConfig.t_min must be in [0, 0.5), got {self.t_min}")
+        if not 0 <= self.t_low < self.t_high <= 1:
+            raise ValueError(
+                f"NoiseConfig.t_low and t_high must satisfy 0 <= t_low < t_high <= 1, got "
+                f"t_low={self.t_low}, t_high={self.t_high}"
+            )
+        t_max = 1.0 - self.t_min if self.process == "uniform" else 1.0
+        if self.process != "ar" and (self.t_high <= self.t_min or self.t_low >= t_max):
+            raise ValueError(
+                f"NoiseConfig training range [t_low={self.t_low}, t_high={self.t_high}] does not "
+                f"overlap the process's range [t_min={self.t_min}, {t_max}]"
+            )
+        if not self.logit_std > 0:
+            raise ValueError(f"NoiseConfig.logit_std must be > 0, got {self.logit_std}")
+        if self.ar_fraction_end is None:
+            if not 0 <= self.ar_fraction < 1:
+                raise ValueError(f"NoiseConfig.ar_fraction must be in [0, 1), got {self.ar_fraction}")
+        else:
+            number(self, "ar_fraction_end")
+            if not 0 <= self.ar_fraction <= 1:
+                raise ValueError(f"NoiseConfig.ar_fraction must be in [0, 1], got {self.ar_fraction}")
+            if not 0 <= self.ar_fraction_end < 1:
+                raise ValueError(
+                    f"NoiseConfig.ar_fraction_end must be in [0, 1) (the run must end training "
+                    f"diffusion), got {self.ar_fraction_end}"
+                )
+        if not 0 < number(self, "ar_anneal_end") <= 1:
+            raise ValueError(f"NoiseConfig.ar_anneal_end must be in (0, 1], got {self.ar_anneal_end}")
+        if self.process == "ar":
+            recipe = {"time_distribution": "uniform", "t_low": 0.0, "t_high": 1.0,
+                      "weighting": "elbo", "ar_fraction": 0.0, "ar_fraction_end": None,
+                      "ar_anneal_end": 1.0}
+            changed = [f"{k}={getattr(self, k)!r}" for k, v in recipe.items() if getattr(self, k) != v]
+            if changed:
+                raise ValueError(
+                    f"NoiseConfig.process='ar' has no noise to shape; these diffusion training "
+                    f"options must keep their defaults: {', '.join(changed)}"
+                )
