@@ -95,3 +95,34 @@ def number(obj, name: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{type(obj).__name__}.{name} must be finite, got {value!r}")
     return float(value)
+
+
+def check_tokens(tokens, num_tokens_total: int, name: str = "tokens") -> None:
+    """Raise if a concrete array holds an id outside ``[0, num_tokens_total)``.
+
+    Embedding lookups inside jit do not fail on a bad id (the gather clamps or fills), so
+    ids are checked here, at eager boundaries (data loading, prompts, user input). Pass the
+    model's ``ModelConfig.vocab_size`` (ordinary tokens + specials). Not for use under jit.
+
+    Args:
+      tokens: integer numpy or jax array of any shape, concrete.
+      num_tokens_total: number of valid ids; ids must be in ``[0, num_tokens_total)``.
+      name: what the array is called in the error message.
+
+    Raises:
+      TypeError: if ``tokens`` is not an integer array.
+      ValueError: if ``num_tokens_total`` is not positive, or if any id is out of range
+        (the message names the first offending value, its index and the allowed range).
+    """
+    if not isinstance(num_tokens_total, (int, np.integer)) or num_tokens_total < 1:
+        raise ValueError(f"num_tokens_total must be a positive integer, got {num_tokens_total!r}")
+    ids = np.asarray(tokens)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"{name} must be an integer array, got dtype {ids.dtype}")
+    bad = (ids < 0) | (ids >= num_tokens_total)
+    if bad.any():
+        index = np.unravel_index(int(np.argmax(bad)), ids.shape)
+        raise ValueError(
+            f"{name} holds id {int(ids[index])} at index {tuple(int(i) for i in index)}; "
+            f"ids must be in [0, {num_tokens_total})"
+        )

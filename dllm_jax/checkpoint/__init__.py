@@ -24,15 +24,17 @@ falls back to the previous complete one; with an explicit step it raises
 """
 
 from dllm_jax.checkpoint.checkpointer import (
+    Checkpointer,
+    CorruptCheckpointError,
+    IncompleteCheckpointWarning,
+)
+from dllm_jax.checkpoint.layout import (
     COMMIT_MARKER,
     DAMAGED_SUFFIX,
     FORMAT,
     MANIFEST,
     META_FILE,
     TMP_SUFFIX,
-    Checkpointer,
-    CorruptCheckpointError,
-    IncompleteCheckpointWarning,
 )
 
 __all__ = [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import operator
 import os
-import re
 import warnings
 from typing import Any
 
@@ -16,13 +15,17 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from dllm_jax.checkpoint.integrity import abstract_leaf, check_target, describe
-
-FORMAT = 1
-MANIFEST = "dllm_manifest.json"
-META_FILE = "meta/metadata"  # where ocp.args.JsonSave puts the "meta" item
-COMMIT_MARKER = ocp.path.atomicity_types.COMMIT_SUCCESS_FILE  # "commit_success.txt"
-TMP_SUFFIX = ocp.path.step.TMP_DIR_SUFFIX  # ".orbax-checkpoint-tmp"
-_STEP_RE = re.compile(r"(\d+)(" + re.escape(TMP_SUFFIX) + r".*)?")
+from dllm_jax.checkpoint.layout import (
+    COMMIT_MARKER,
+    FORMAT,
+    META_FILE,
+    NO_SUCH_STEP,
+    damaged_name,
+    nothing_message,
+    step_numbers,
+    step_problem,
+    write_manifest,
+)
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -35,10 +38,6 @@ class IncompleteCheckpointWarning(UserWarning):
 
 class _UnrecoverableError(CorruptCheckpointError):
     """A read failed on this process in a multi-process restore: no fallback is safe."""
-
-
-_NO_SUCH_STEP = "no such step"
-DAMAGED_SUFFIX = ".damaged"  # a damaged step set aside by a new save of the same step
 
 
 class Checkpointer:
@@ -124,15 +123,7 @@ class Checkpointer:
         return self.directory / str(step)
 
     def _write_manifest(self, step: int):
-        root = self._step_dir(step)
-        sizes = {}
-        for dirpath, _, files in root.walk():
-            for name in files:
-                rel = str((dirpath / name).relative_to(root))
-                sizes[rel] = (dirpath / name).stat().length
-        tmp = root / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(sizes, sort_keys=True))
-        tmp.rename(root / MANIFEST)
+        write_manifest(self._step_dir(step))
 
     # --- completeness ---------------------------------------------------------------------
 
@@ -140,36 +131,11 @@ class Checkpointer:
         """Why ``step`` is not a complete checkpoint, or None if it is (cheap checks only)."""
         if step in self._damaged:
             return self._damaged[step]
-        root = self._step_dir(step)
-        if not root.is_dir():
-            tmp = [p.name for p in self.directory.glob(f"{step}{TMP_SUFFIX}*")]
-            if tmp:
-                return f"interrupted save: only the temporary directory {tmp[0]} exists"
-            return _NO_SUCH_STEP
-        if not (root / COMMIT_MARKER).exists():
-            return f"no commit marker {COMMIT_MARKER}: the save did not finish"
-        for item in ("state", META_FILE):
-            if not (root / item).exists():
-                return f"{item} is missing"
-        if (root / MANIFEST).exists():
-            try:
-                sizes = json.loads((root / MANIFEST).read_text())
-            except ValueError:
-                return f"{MANIFEST} is unreadable"
-            for rel, size in sizes.items():
-                path = root / rel
-                if not path.exists():
-                    return f"file {rel} is missing"
-                if path.stat().length != size:
-                    return f"file {rel} has {path.stat().length} bytes, {size} were written"
-        return None
+        return step_problem(self.directory, step)
 
     def _scan(self) -> dict[int, str | None]:
         """{step: problem or None} for every step directory, finished or not."""
-        if not self.directory.is_dir():
-            return {}
-        steps = {int(m[1]) for p in self.directory.iterdir() if (m := _STEP_RE.fullmatch(p.name))}
-        return {s: self._problem(s) for s in sorted(steps)}
+        return {s: self._problem(s) for s in step_numbers(self.directory)}
 
     def _warn(self, step: int, problem: str, once: bool = True):
         """Warn that ``step`` is skipped; listings warn once, every restore warns."""
@@ -275,14 +241,9 @@ class Checkpointer:
         to the damaged step again; replacing it is the only way forward, and nothing is
         deleted (the bad files stay for inspection beside the good steps).
         """
-        root = self._step_dir(step)
-        target = self.directory / f"{step}{DAMAGED_SUFFIX}"
-        n = 1
-        while target.exists():
-            n += 1
-            target = self.directory / f"{step}{DAMAGED_SUFFIX}-{n}"
+        target = damaged_name(self.directory, step)
         if jax.process_index() == 0:
-            root.rename(target)
+            self._step_dir(step).rename(target)
         _all_processes(True)  # every process sees the move before the manager rescans
         warnings.warn(
             f"checkpoint step {step} in {self.directory} was damaged ({problem}); it was moved to "
@@ -362,7 +323,7 @@ class Checkpointer:
         scan = self._scan()
         good = _primary_steps([s for s, problem in scan.items() if problem is None])
         if not good:
-            raise FileNotFoundError(_nothing_message(self.directory, scan))
+            raise FileNotFoundError(nothing_message(self.directory, scan))
         for s, problem in scan.items():
             if problem is not None and s > good[-1]:
                 self._warn(s, problem, once=False)
@@ -383,7 +344,7 @@ class Checkpointer:
     def _require_step(self, step: int):
         """Raise unless ``step`` passes the cheap completeness checks."""
         problem = self._problem(step)
-        if problem == _NO_SUCH_STEP:
+        if problem == NO_SUCH_STEP:
             raise FileNotFoundError(
                 f"checkpoint step {step} not found in {self.directory}; complete steps: "
                 f"{self.all_steps()}"
@@ -406,7 +367,7 @@ class Checkpointer:
         if step is None:
             step = self.latest_step()
             if step is None:
-                raise FileNotFoundError(_nothing_message(self.directory, self._scan()))
+                raise FileNotFoundError(nothing_message(self.directory, self._scan()))
         self._require_step(step)
         try:
             return self._read_meta(step)["metadata"]
@@ -452,10 +413,3 @@ def _short(e: Exception) -> str:
     """First line of an error, capped (tensorstore errors embed whole specs)."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {text[:200]}"
-
-
-def _nothing_message(directory, scan: dict[int, str | None]) -> str:
-    if not scan:
-        return f"no checkpoint in {directory} (the directory has no step directories)"
-    bad = "; ".join(f"step {s}: {p}" for s, p in scan.items())
-    return f"no complete checkpoint in {directory} ({bad})"
