@@ -12,44 +12,16 @@ from __future__ import annotations
 
 import csv
 import json
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from dllm_jax.evaluation.quality import quality_report
+from dllm_jax.evaluation.speed import timed_batches
 from dllm_jax.sampling.draws import Logits
-from dllm_jax.sampling.generate import Generation, generate
+from dllm_jax.sampling.generate import generate
 from dllm_jax.sampling.kv_decode import ar_generate
-
-
-def _timed(run: Callable[[np.ndarray], Generation], num_samples: int, batch_size: int):
-    """Generate ``num_samples`` rows in batches; returns (tokens, nfe, compile_s, run_s).
-
-    ``compile_s``: the first call (tracing, compilation and one batch) less the mean time of
-    a batch in the timed runs that follow.
-    """
-    if num_samples < 1 or batch_size < 1 or num_samples % batch_size:
-        raise ValueError(
-            f"num_samples ({num_samples}) must be a positive multiple of batch_size ({batch_size}): "
-            "a smaller last batch would compile again inside the timed region"
-        )
-    starts = list(range(0, num_samples, batch_size))
-    t0 = time.perf_counter()
-    run(np.arange(min(batch_size, num_samples)))  # compile (and one run)
-    first_s = time.perf_counter() - t0
-    toks, nfe = [], []
-    t0 = time.perf_counter()
-    for s in starts:
-        g = run(np.arange(s, min(s + batch_size, num_samples)))
-        toks.append(g.tokens)
-        nfe.append(g.nfe)
-    run_s = time.perf_counter() - t0
-    compile_s = max(first_s - run_s / len(starts), 0.0)
-    width = max(t.shape[1] for t in toks)
-    toks = [np.pad(t, ((0, 0), (0, width - t.shape[1])), constant_values=-1) for t in toks]
-    return np.concatenate(toks), np.concatenate(nfe), compile_s, run_s
 
 
 def _record(name, num_steps, tokens_BL, nfe_B, compile_s, run_s, length, quality_kw, **extra):
@@ -82,7 +54,7 @@ def diffusion_records(
                 graphdef, params, [[]] * len(idx), length=length, rule=rule, num_steps=k, seed=seed,
                 indices=idx, eos_id=eos_id, block_size=block_size, cache=cache,
             )
-            toks, nfe, c, r = _timed(run, num_samples, batch_size)
+            toks, nfe, c, r = timed_batches(run, num_samples, batch_size)
             if samples is not None:
                 samples[name, k] = toks
             records.append(_record(name, k, toks, nfe, c, r, length, quality_kw, kind="diffusion"))
@@ -101,7 +73,7 @@ def ar_records(
             graphdef, params, [[]] * len(idx), length=length, logits=Logits(temperature=temp),
             seed=seed, indices=idx, eos_id=eos_id,
         )
-        toks, nfe, c, r = _timed(run, num_samples, batch_size)
+        toks, nfe, c, r = timed_batches(run, num_samples, batch_size)
         records.append(_record(f"ar T={temp:g}", length, toks, nfe, c, r, length, quality_kw,
                                kind="ar", temperature=temp))
         log(_line(records[-1]))

@@ -5,17 +5,15 @@ from dllm_jax.sampling.blocks import BlockDenoiser, run_blocks, sample_blocks
 from dllm_jax.sampling.draws import Logits
 from dllm_jax.sampling.driver import StepRule, example_keys, run_sampler, sample, time_grid
 from dllm_jax.sampling.generate import CACHE_MODES, Generation, generate, resume
+from dllm_jax.sampling.guidance import guidance_mix, guided
 from dllm_jax.sampling.kv_decode import ar_generate, ar_sample_cached
+from dllm_jax.sampling.revising import ReMDM, UniformPredictorCorrector
 from dllm_jax.sampling.rules import (
     RULE_NAMES,
     CachedMaskedAncestral,
     ConfidenceThreshold,
     EntropyBounded,
     OrderedUnmask,
-    ReMDM,
-    UniformPredictorCorrector,
-    guidance_mix,
-    guided,
     make_rule,
 )
 

@@ -55,6 +55,7 @@ class BlockDenoiser(abc.ABC):
 
     time_conditioned: bool = False
     passes: int = 1
+    keeps_blocks: bool = True  # finished blocks are written (``write``), one pass each, counted in NFE
     fuses_writes: bool = False  # has ``fused``: a finished block is written in the next block's first pass
 
     def refresh(self, cache, tokens_BS):
@@ -83,7 +84,7 @@ class BlockDenoiser(abc.ABC):
 def run_blocks(denoiser: BlockDenoiser, plan: Plan, keys_B, tokens_BS, fixed_BS, prompt_len_B, end_B,
                cached_blocks_B, cache):
     """The block loop of ``generate`` (traceable): K steps of the rule per block, blocks in a
-    scan, finished blocks written to the cache (``plan.cache == "exact"``), rows stopped at
+    scan, finished blocks written to the cache (``denoiser.keeps_blocks``), rows stopped at
     the end of the block where a stop sequence ends.
 
     Returns:
@@ -95,7 +96,7 @@ def run_blocks(denoiser: BlockDenoiser, plan: Plan, keys_B, tokens_BS, fixed_BS,
     tokens_BS = jnp.where(fixed_BS, tokens_BS, plan.rule.prior(prior_keys(keys_B, pos_S)))
     stops = plan.stops + (((plan.eos_id,),) if plan.eos_id is not None else ())
 
-    fused = plan.cache == "exact" and denoiser.fuses_writes
+    fused = denoiser.keeps_blocks and denoiser.fuses_writes
 
     def block_body(carry, j):
         tokens_BS, cache, nfe_B, done_B, stop_end_B, stopped_B, pending_B = carry
@@ -141,7 +142,7 @@ def run_blocks(denoiser: BlockDenoiser, plan: Plan, keys_B, tokens_BS, fixed_BS,
         new_BC, used_B, cache = jax.lax.cond(jnp.any(active_B), steps, skip, cache)
         nfe_B = nfe_B + jnp.where(active_B, used_B, 0)
         tokens_BS = jax.lax.dynamic_update_slice_in_dim(tokens_BS, new_BC, start, axis=1)
-        if plan.cache == "exact":
+        if denoiser.keeps_blocks:
             write_B = ~done_B & (j >= cached_blocks_B) & (start < end_B)
             if fused:
                 nfe_B = nfe_B + (pending_B & ~active_B)  # a write these rows did not share

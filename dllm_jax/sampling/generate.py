@@ -50,7 +50,7 @@ from dllm_jax.sampling.canvas import (
     round_up,
 )
 from dllm_jax.sampling.driver import StepRule, check_num_steps, example_keys
-from dllm_jax.sampling.rules import guided
+from dllm_jax.sampling.guidance import guided
 
 CACHE_MODES = ("none", "exact", "approximate")
 
@@ -281,14 +281,16 @@ def _run(graphdef, params, model, plan: Plan, seed, indices, state) -> Generatio
 
 
 class _ModelDenoiser(BlockDenoiser):
-    """A Transformer under one of the cache modes of ``generate``."""
+    """A Transformer with no cache: every step is a pass over the whole canvas (guided or
+    not). The cache modes of ``generate`` are its subclasses."""
+
+    keeps_blocks = False
 
     def __init__(self, graphdef, params, plan: Plan, time_conditioned, valid_BS, prompt_BS):
         self.graphdef, self.params, self.plan = graphdef, params, plan
         self.time_conditioned = time_conditioned
         self.passes = 2 if plan.guidance > 0 else 1
         self.valid_BS, self.prompt_BS = valid_BS, prompt_BS
-        self.fuses_writes = plan.fuse_writes
 
     def model(self):
         # Merge inside each use: nnx transforms refuse modules from an outer trace level.
@@ -306,19 +308,31 @@ class _ModelDenoiser(BlockDenoiser):
             return canvas_denoise(canvas_BS, t_B)
         return guided(canvas_denoise, self.prompt_BS, plan.mask_id, plan.guidance)(canvas_BS, t_B)
 
-    def refresh(self, cache, tokens_BS):
-        if self.plan.cache != "approximate":
-            return cache, 0
-        m = self.model()  # refresh every position's keys and values: one pass
-        B, S = tokens_BS.shape
-        return m.forward_chunk(tokens_BS, 0, m.init_cache(B, S), self.valid_BS, jnp.ones((B,)))[1], 1
+    def chunk_logits(self, cache, tokens_BS, x_BC, start, t_B):
+        canvas = jax.lax.dynamic_update_slice_in_dim(tokens_BS, x_BC, start, axis=1)
+        return jax.lax.dynamic_slice_in_dim(self.full_logits(canvas, t_B), start, x_BC.shape[1], axis=1)
+
+    def write(self, cache, new_BC, start):
+        raise NotImplementedError("no cache: nothing is kept across blocks")
+
+
+class _CachedDenoiser(_ModelDenoiser):
+    """Reads a block's logits through the KV cache of the positions outside it."""
 
     def chunk_logits(self, cache, tokens_BS, x_BC, start, t_B):
-        C = x_BC.shape[1]
         canvas = jax.lax.dynamic_update_slice_in_dim(tokens_BS, x_BC, start, axis=1)
-        if self.plan.cache == "none":
-            return jax.lax.dynamic_slice_in_dim(self.full_logits(canvas, t_B), start, C, axis=1)
-        return self.model().canvas_chunk(canvas, start, C, cache, self.valid_BS, t_B)
+        return self.model().canvas_chunk(canvas, start, x_BC.shape[1], cache, self.valid_BS, t_B)
+
+
+class _ExactCache(_CachedDenoiser):
+    """Block-causal model: finished blocks are written once; with ``plan.fuse_writes`` in
+    the pass that gives the next block's first logits."""
+
+    keeps_blocks = True
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.fuses_writes = self.plan.fuse_writes
 
     def write(self, cache, new_BC, start):
         return self.model().write_chunk(new_BC, start, cache, self.valid_BS)
@@ -331,13 +345,27 @@ class _ModelDenoiser(BlockDenoiser):
         return logits[:, C:], cache
 
 
+class _ApproximateCache(_CachedDenoiser):
+    """Bidirectional model (Fast-dLLM's dual cache): every position's keys and values are
+    refreshed in one pass at each block's start and kept for that block's steps."""
+
+    def refresh(self, cache, tokens_BS):
+        m = self.model()
+        B, S = tokens_BS.shape
+        return m.forward_chunk(tokens_BS, 0, m.init_cache(B, S), self.valid_BS, jnp.ones((B,)))[1], 1
+
+
+
+_DENOISERS = {"none": _ModelDenoiser, "exact": _ExactCache, "approximate": _ApproximateCache}
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _generate_jit(graphdef, plan: Plan, time_conditioned, params, keys_B, tokens_BS, fixed_BS, prompt_len_B, end_B,
                   cached_blocks_B, cache):
     pos_S = jnp.arange(tokens_BS.shape[1])
     valid_BS = pos_S[None] < end_B[:, None]
     prompt_BS = pos_S[None] < prompt_len_B[:, None]
-    denoiser = _ModelDenoiser(graphdef, params, plan, time_conditioned, valid_BS, prompt_BS)
+    denoiser = _DENOISERS[plan.cache](graphdef, params, plan, time_conditioned, valid_BS, prompt_BS)
     return run_blocks(denoiser, plan, keys_B, tokens_BS, fixed_BS, prompt_len_B, end_B, cached_blocks_B, cache)
 
 

@@ -130,6 +130,59 @@ def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = N
     samples, timings.
     """
     run_dir = Path(run_dir)
+    mesh, tok, source = _open_run(exp, run_dir)
+    objective = make_objective(exp.noise, exp.model.num_tokens, exp.model)
+    graphdef, state, tx = create_train_state(exp.model, exp.train, mesh)
+    batches = GlobalBatches(PackedSequences(make_source(exp.data.source, "train"), tok, exp.train.seq_len,
+                                            seed=exp.data.seed, pack=exp.data.pack), exp.train.batch_size, mesh)
+    ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=exp.loop.keep_checkpoints, best_metric="val_loss")
+    state, start = _restore_or_init(exp, run_dir, ckpt, state, batches, tok, source)
+    trained = training_objective(exp.noise, exp.model, objective)  # eval keeps the true bound
+    step_fn = jit_train_step(make_train_step(trained, graphdef, tx, exp.train), state, mesh)
+    evaluator = _Evaluator(exp, objective, graphdef, tok, mesh)
+    logger = MetricsLogger(run_dir, enabled=jax.process_index() == 0)
+    last = min(exp.train.steps, stop_at) if stop_at is not None else exp.train.steps
+    batch = next(batches)
+    compiled, compile_s = _compile(exp, step_fn, state, batch, mesh)
+    logger.log(start, {"compile_seconds": compile_s})
+    progress = _Progress(exp, logger, start, verbose)
+    summary = {}
+    try:
+        for step in range(start, last):
+            if step > start:
+                batch = next(batches)
+            with jax.set_mesh(mesh):
+                state, metrics = compiled(state, batch)
+            done = step + 1
+            progress.add(metrics)
+            if done % exp.loop.log_every == 0 or done == last:
+                progress.flush(done, state, metrics)
+            if done % exp.loop.eval_every == 0 or done == exp.train.steps:
+                summary = evaluator.log(done, state, logger)
+            if done % exp.loop.checkpoint_every == 0 or done == last:
+                progress.check(state)
+                meta = {"step": done, "data_state": batches.get_state(), "tokenizer_sha256": tok.sha256,
+                        "config": exp.to_dict()}
+                ckpt.save(done, {"state": state}, meta,
+                          metrics={"val_loss": summary["val_loss"]} if "val_loss" in summary else None)
+            if done % exp.loop.eval_every == 0 or done % exp.loop.checkpoint_every == 0:
+                progress.restart_clock()  # keep eval/checkpoint time out of tokens/s
+        if not summary:  # nothing evaluated in this invocation (e.g. the run was already done)
+            summary = evaluator(state)
+    finally:  # a diverged or interrupted run still finishes its writes
+        ckpt.wait()
+        ckpt.close()
+        logger.close()
+    wall = time.perf_counter() - progress.t_start
+    tokens_per_step = exp.train.batch_size * exp.train.seq_len
+    return {**summary, "losses": progress.losses, "start_step": start, "end_step": last, "compile_seconds": compile_s,
+            "wall_seconds": wall, "state": state, "graphdef": graphdef, "tokenizer": tok,
+            "tokens_per_second": (last - start) * tokens_per_step / max(wall, 1e-9)}
+
+
+def _open_run(exp: ExperimentConfig, run_dir: Path):
+    """Check the run directory against ``exp`` before anything is written, then create it:
+    (mesh, tokenizer, init source or None)."""
     saved = saved_config(run_dir)
     if saved is not None:
         check_compatible(saved, exp)  # before anything is written
@@ -139,36 +192,26 @@ def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = N
     tok = load_or_train_tokenizer(exp, run_dir, source)
     if jax.process_index() == 0:
         write_config(run_dir, exp)
+    return mesh, tok, source
 
-    objective = make_objective(exp.noise, exp.model.num_tokens, exp.model)
-    graphdef, state, tx = create_train_state(exp.model, exp.train, mesh)
-    seqs = PackedSequences(make_source(exp.data.source, "train"), tok, exp.train.seq_len,
-                           seed=exp.data.seed, pack=exp.data.pack)
-    batches = GlobalBatches(seqs, exp.train.batch_size, mesh)
-    ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=exp.loop.keep_checkpoints, best_metric="val_loss")
-    start = 0
+
+def _restore_or_init(exp, run_dir, ckpt, state, batches, tok, source):
+    """(state, first step): resumed from the latest checkpoint, else from ``init_from``."""
     if ckpt.latest_step() is not None:
         meta = ckpt.metadata()
         if meta.get("tokenizer_sha256") != tok.sha256:
             raise ValueError("the tokenizer does not match the one the checkpoint was trained with")
         restored, meta = ckpt.restore({"state": state})
-        state, start = restored["state"], int(meta["step"])
         batches.set_state(meta["data_state"])
-        _say(f"resumed from step {start} in {run_dir}")
-    elif source is not None:
+        _say(f"resumed from step {int(meta['step'])} in {run_dir}")
+        return restored["state"], int(meta["step"])
+    if source is not None:
         state = init_params(source, state, tok)
+    return state, 0
 
-    trained = training_objective(exp.noise, exp.model, objective)  # eval keeps the true bound
-    step_fn = jit_train_step(make_train_step(trained, graphdef, tx, exp.train), state, mesh)
-    eval_fn = make_eval_step(objective, graphdef, mesh, seed=exp.train.seed)
-    eval_data = eval_batches(exp, tok, mesh)
-    sampler = Sampler(exp, objective, graphdef)
-    logger = MetricsLogger(run_dir, enabled=jax.process_index() == 0)
 
-    last = min(exp.train.steps, stop_at) if stop_at is not None else exp.train.steps
-    tokens_per_step = exp.train.batch_size * exp.train.seq_len
-    losses, pending, summary = [], [], {}
-    batch = next(batches)
+def _compile(exp, step_fn, state, batch, mesh):
+    """The train step compiled for ``batch``'s shapes, and the seconds it took (printed)."""
     t0 = time.perf_counter()
     with jax.set_mesh(mesh):
         compiled = step_fn.jitted.lower(state, batch).compile()
@@ -176,71 +219,73 @@ def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = N
     mem = jax.devices()[0].memory_stats() or {}
     _say(f"{exp.name}: {exp.noise.process} | params {sum(x.size for x in jax.tree.leaves(state.params)):,} | "
          f"compile {compile_s:.1f}s" + (f" | device memory {mem.get('bytes_in_use', 0) / 2**20:.0f} MiB" if mem else ""))
-    logger.log(start, {"compile_seconds": compile_s})
+    return compiled, compile_s
 
-    time_points = 1 if isinstance(objective, ARObjective) else exp.loop.eval_time_points
-    context_fn = make_context_fn(objective, model_apply(graphdef), mesh, seed=exp.train.seed)
 
-    def eval_and_sample(state):
+class _Progress:
+    """Losses of the steps since the last log line; the log line (tokens/s, ETA)."""
+
+    def __init__(self, exp, logger, start: int, verbose: bool):
+        self.exp, self.logger, self.start, self.verbose = exp, logger, start, verbose
+        self.losses, self.pending = [], []
+        self.t_start = self.t_log = time.perf_counter()
+
+    def add(self, metrics):
+        self.pending.append(metrics["loss"])
+
+    def check(self, state):
+        """Raise before a non-finite loss or state can be logged or saved."""
+        done = self.start + len(self.losses) + len(self.pending)
+        _check_finite(done - len(self.pending) + 1, [float(x) for x in self.pending], state)
+
+    def flush(self, done: int, state, metrics):
+        self.check(state)
+        self.losses.extend(float(x) for x in self.pending)
+        now = time.perf_counter()
+        tok_s = len(self.pending) * self.exp.train.batch_size * self.exp.train.seq_len / (now - self.t_log)
+        eta = (self.exp.train.steps - done) * (now - self.t_start) / (done - self.start)
+        loss = self.losses[-1]
+        self.logger.log(done, {"loss": loss, "bits_per_token": loss / LN2, "tokens_per_second": tok_s,
+                               "grad_norm": float(metrics["grad_norm"])})
+        if self.verbose:
+            _say(f"  step {done:5d}/{self.exp.train.steps} | loss {loss:.4f} | {tok_s:,.0f} tok/s | "
+                 f"ETA {time.strftime('%M:%S', time.gmtime(eta))}")
+        self.pending, self.t_log = [], now
+
+    def restart_clock(self):
+        self.t_log = time.perf_counter()
+
+
+class _Evaluator:
+    """The validation bound, the context-use diagnostic and samples of the current params."""
+
+    def __init__(self, exp, objective, graphdef, tok, mesh):
+        self.exp, self.objective, self.graphdef, self.tok, self.mesh = exp, objective, graphdef, tok, mesh
+        self.eval_fn = make_eval_step(objective, graphdef, mesh, seed=exp.train.seed)
+        self.data = eval_batches(exp, tok, mesh)
+        self.sampler = Sampler(exp, objective, graphdef)
+        self.time_points = 1 if isinstance(objective, ARObjective) else exp.loop.eval_time_points
+        self.context_fn = make_context_fn(objective, model_apply(graphdef), mesh, seed=exp.train.seed)
+
+    def __call__(self, state) -> dict:
         params = state.ema if state.ema is not None else state.params
-        out = evaluate(eval_fn, params, eval_data, time_points)
-        if exp.loop.context_times:
-            use = context_use(objective, graphdef, params, eval_data, mesh, times=exp.loop.context_times,
-                              context_fn=context_fn)
+        out = evaluate(self.eval_fn, params, self.data, self.time_points)
+        if self.exp.loop.context_times:
+            use = context_use(self.objective, self.graphdef, params, self.data, self.mesh,
+                              times=self.exp.loop.context_times, context_fn=self.context_fn)
             out.update(use.metrics())
             out["context_use"] = use
-        return {**out, "samples": sampler.texts(params, tok)}
+        return {**out, "samples": self.sampler.texts(params, self.tok)}
 
-    def run_step(state, batch):
-        with jax.set_mesh(mesh):
-            return compiled(state, batch)
-
-    t_start, t_log = time.perf_counter(), time.perf_counter()
-    try:
-        for step in range(start, last):
-            if step > start:
-                batch = next(batches)
-            state, metrics = run_step(state, batch)
-            pending.append(metrics["loss"])
-            done = step + 1
-            if done % exp.loop.log_every == 0 or done == last:
-                _check_finite(done - len(pending) + 1, [float(x) for x in pending], state)
-                losses.extend(float(x) for x in pending)
-                now = time.perf_counter()
-                tok_s = len(pending) * tokens_per_step / (now - t_log)
-                eta = (exp.train.steps - done) * (now - t_start) / (done - start)
-                logger.log(done, {"loss": losses[-1], "bits_per_token": losses[-1] / LN2, "tokens_per_second": tok_s,
-                                  "grad_norm": float(metrics["grad_norm"])})
-                if verbose:
-                    _say(f"  step {done:5d}/{exp.train.steps} | loss {losses[-1]:.4f} | {tok_s:,.0f} tok/s | "
-                         f"ETA {time.strftime('%M:%S', time.gmtime(eta))}")
-                pending, t_log = [], now
-            if done % exp.loop.eval_every == 0 or done == exp.train.steps:
-                summary = eval_and_sample(state)
-                logger.log(done, {k: v for k, v in summary.items() if k not in ("samples", "context_use")},
-                           samples={str(k): v for k, v in summary["samples"].items()})
-                _say(f"  eval @ {done}: {summary['val_loss']:.4f} nats/token, {summary['val_bits_per_token']:.4f} "
-                     f"bits/token, ppl {'=' if exp.noise.process == 'ar' else '<='} {summary['val_ppl']:.2f}"
-                     + (f" | NLL per corrupted token at t=0.1: {summary['nll_t0.10']:.3f} "
-                        f"(unigram {summary['unigram_entropy']:.3f})" if "nll_t0.10" in summary else ""))
-            if done % exp.loop.checkpoint_every == 0 or done == last:
-                _check_finite(done - len(pending) + 1, [float(x) for x in pending], state)
-                meta = {"step": done, "data_state": batches.get_state(), "tokenizer_sha256": tok.sha256,
-                        "config": exp.to_dict()}
-                metrics_for_ckpt = {"val_loss": summary["val_loss"]} if "val_loss" in summary else None
-                ckpt.save(done, {"state": state}, meta, metrics=metrics_for_ckpt)
-            if done % exp.loop.eval_every == 0 or done % exp.loop.checkpoint_every == 0:
-                t_log = time.perf_counter()  # keep eval/checkpoint time out of tokens/s
-        if not summary:  # nothing evaluated in this invocation (e.g. the run was already done)
-            summary = eval_and_sample(state)
-    finally:  # a diverged or interrupted run still finishes its writes
-        ckpt.wait()
-        ckpt.close()
-        logger.close()
-    wall = time.perf_counter() - t_start
-    return {**summary, "losses": losses, "start_step": start, "end_step": last, "compile_seconds": compile_s,
-            "wall_seconds": wall, "state": state, "graphdef": graphdef, "tokenizer": tok,
-            "tokens_per_second": (last - start) * tokens_per_step / max(wall, 1e-9)}
+    def log(self, done: int, state, logger) -> dict:
+        summary = self(state)
+        logger.log(done, {k: v for k, v in summary.items() if k not in ("samples", "context_use")},
+                   samples={str(k): v for k, v in summary["samples"].items()})
+        _say(f"  eval @ {done}: {summary['val_loss']:.4f} nats/token, {summary['val_bits_per_token']:.4f} "
+             f"bits/token, ppl {'=' if self.exp.noise.process == 'ar' else '<='} {summary['val_ppl']:.2f}"
+             + (f" | NLL per corrupted token at t=0.1: {summary['nll_t0.10']:.3f} "
+                f"(unigram {summary['unigram_entropy']:.3f})" if "nll_t0.10" in summary else ""))
+        return summary
 
 
 def with_overrides(exp: ExperimentConfig, **sections) -> ExperimentConfig:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from dllm_jax.config import ModelConfig
+from dllm_jax.evaluation.speed import median_time
 from dllm_jax.nn.attention import KVCache
 from dllm_jax.nn.layers import rotary_tables
 from dllm_jax.nn.model import abstract_model
@@ -18,32 +16,6 @@ from dllm_jax.nn.transformer import Block
 from .setup import COST_ONLY, Setup
 
 # ---- timing and cost ------------------------------------------------------------------
-
-
-def compile_timed(jitted, *args, options=None):
-    """(compiled, seconds of tracing + lowering + compiling)."""
-    start = time.perf_counter()
-    compiled = jitted.lower(*args).compile(compiler_options=options)
-    return compiled, time.perf_counter() - start
-
-
-def median_time(call, warmup: int, reps: int, budget_s: float | None = None):
-    """(median seconds of ``reps`` calls after ``warmup`` calls, the last output).
-
-    With ``budget_s``, the timed calls are cut to fit it (at least one), judged by the
-    last warm-up call.
-    """
-    for _ in range(warmup):
-        start = time.perf_counter()
-        out = jax.block_until_ready(call())
-        if budget_s is not None:
-            reps = max(1, min(reps, int(budget_s / (time.perf_counter() - start))))
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        out = jax.block_until_ready(call())
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), out
 
 
 def xla_cost(compiled) -> dict:

@@ -11,6 +11,7 @@ import numpy as np
 
 from dllm_jax.config import MeshConfig, ModelConfig, NoiseConfig
 from dllm_jax.diffusion import make_objective
+from dllm_jax.evaluation.speed import compile_timed, median_time
 from dllm_jax.nn.model import abstract_model, param_shardings
 from dllm_jax.sampling.ancestral import ancestral
 from dllm_jax.sampling.draws import Logits
@@ -21,7 +22,7 @@ from dllm_jax.sampling.rules import make_rule
 from dllm_jax.sharding import make_mesh
 from dllm_jax.training.loop import load_run
 
-from .cost import PassCosts, analytic_flops, compile_timed, median_time, xla_cost
+from .cost import PassCosts, analytic_flops, xla_cost
 from .setup import Setup, resolve_steps
 
 # ---- sampling -------------------------------------------------------------------------

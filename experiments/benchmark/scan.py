@@ -6,12 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dllm_jax.evaluation.speed import compile_timed, median_time
 from dllm_jax.nn.model import apply_model
 from dllm_jax.sampling.ancestral import ancestral
 from dllm_jax.sampling.draws import position_keys
 from dllm_jax.sampling.driver import example_keys, sample, time_grid
 
-from .cost import compile_timed, median_time
 from .sampling import Models
 from .setup import Setup
 

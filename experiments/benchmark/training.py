@@ -9,12 +9,12 @@ import jax.numpy as jnp
 
 from dllm_jax.config import MeshConfig, NoiseConfig, TrainConfig
 from dllm_jax.diffusion import make_objective
+from dllm_jax.evaluation.speed import compile_timed, median_time
 from dllm_jax.nn.model import abstract_model
 from dllm_jax.nn.transformer import count_params
 from dllm_jax.sharding import make_mesh
 from dllm_jax.training import TrainState, jit_train_step, make_optimizer, make_train_step
 
-from .cost import compile_timed, median_time
 from .sampling import random_params
 from .setup import Setup
 
