@@ -6,6 +6,7 @@ from dllm_jax.config import ModelConfig, NoiseConfig, special_ids
 from dllm_jax.diffusion.autoregressive import ARObjective, shift_right
 from dllm_jax.diffusion.base import NoiseProcess, Objective, stratified_uniforms, token_nll
 from dllm_jax.diffusion.block import BlockDiffusion, noise_process
+from dllm_jax.diffusion.hybrid import HybridProcess
 from dllm_jax.diffusion.masked import MaskedProcess
 from dllm_jax.diffusion.oracle import (
     all_sequences,
@@ -41,6 +42,7 @@ __all__ = [
     "ARObjective",
     "BlockDiffusion",
     "Cosine",
+    "HybridProcess",
     "LogLinear",
     "MaskedProcess",
     "NoiseProcess",

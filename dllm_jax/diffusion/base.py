@@ -120,3 +120,20 @@ def per_example_uniform(keys_B, shape):
 def stratified_uniforms(key, batch: int):
     """u_i = (i + U) / B with one shared U: antithetic/stratified times over the global batch."""
     return (jnp.arange(batch) + jax.random.uniform(key)) / batch
+
+
+def bregman(r, r_star):
+    """r* phi(r / r*) = r - r* - r* log(r / r*) >= 0, and its limit r where r* = 0.
+
+    Near r = r* it is r* (d^2/2 - d^3/3 + d^4/4) with d = r / r* - 1 (where d - log1p(d)
+    would cancel); elsewhere the logarithms of r and r* are taken apart, so a ratio that
+    underflows (r / r* ~ 1e-37 at t ~ 1e-18) still gives a finite term.
+    """
+    pos = r_star > 0
+    safe = jnp.where(pos, r_star, 1.0)
+    d = jnp.where(pos, r / safe - 1.0, 0.0)
+    small = jnp.abs(d) < 1e-2
+    series = safe * d * d * (0.5 - d * (1.0 / 3.0 - 0.25 * d))
+    tiny = jnp.finfo(jnp.result_type(r)).tiny
+    direct = r - safe - safe * (jnp.log(jnp.maximum(r, tiny)) - jnp.log(safe))
+    return jnp.where(pos, jnp.where(small, series, direct), r)

@@ -23,6 +23,12 @@ class Schedule(abc.ABC):
     def dalpha(self, t):
         """d alpha / dt (<= 0)."""
 
+    def beta(self, t):
+        """1 - alpha(t), the probability that a token is corrupted, computed from t directly
+        so that it keeps its relative precision at small t (1 - alpha rounds to 0 in
+        float32 below t ~ 3e-8 for the log-linear schedule)."""
+        return 1.0 - self.alpha(t)
+
 
 @dataclasses.dataclass(frozen=True)
 class LogLinear(Schedule):
@@ -33,6 +39,9 @@ class LogLinear(Schedule):
 
     def dalpha(self, t):
         return -jnp.ones_like(t)
+
+    def beta(self, t):
+        return t
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +56,9 @@ class Cosine(Schedule):
 
     def dalpha(self, t):
         return -0.5 * math.pi * jnp.sin(0.5 * math.pi * (1.0 - t))
+
+    def beta(self, t):
+        return jnp.sin(0.5 * math.pi * t)  # = cos(pi/2 (1 - t))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +76,9 @@ class Polynomial(Schedule):
 
     def dalpha(self, t):
         return -self.exponent * t ** (self.exponent - 1.0)
+
+    def beta(self, t):
+        return t**self.exponent
 
 
 def make_schedule(kind: str, exponent: float = 1.0) -> Schedule:

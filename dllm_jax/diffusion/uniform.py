@@ -23,7 +23,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from dllm_jax.diffusion.base import NoiseProcess
+from dllm_jax.diffusion.base import NoiseProcess, bregman
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +35,7 @@ class UniformProcess(NoiseProcess):
 
     def likelihood(self, noisy_BL, t_B):
         a = self.schedule.alpha(t_B)[:, None, None]
-        return a * jax.nn.one_hot(noisy_BL, self.num_tokens) + (1.0 - a) / self.num_tokens
+        return a * jax.nn.one_hot(noisy_BL, self.num_tokens) + self.schedule.beta(t_B)[:, None, None] / self.num_tokens
 
     def corrupt(self, keys_B, tokens_BL, t_B):
         def one(key, tokens_L, t):
@@ -56,7 +56,7 @@ class UniformProcess(NoiseProcess):
     def elbo_terms(self, logits_BLV, tokens_BL, noisy_BL, t_B):
         V = self.num_tokens
         a = self.schedule.alpha(t_B)[:, None, None]
-        beta = (1.0 - a) / V
+        beta = self.schedule.beta(t_B)[:, None, None] / V  # from t: 1 - a rounds to 0 at small t
         logp = jax.nn.log_softmax(logits_BLV.astype(jnp.promote_types(logits_BLV.dtype, jnp.float32)), axis=-1)
         p = jnp.exp(logp)
         is_x = jax.nn.one_hot(noisy_BL, V, dtype=bool)
@@ -67,13 +67,11 @@ class UniformProcess(NoiseProcess):
         same = (noisy_BL == tokens_BL)[..., None]
         is_x0 = jax.nn.one_hot(tokens_BL, V)
         r_star = (a * is_x0 + beta) / (jnp.where(same, a, 0.0) + beta)
-        ratio = r / r_star
-        terms = r_star * (ratio - 1.0 - jnp.log(ratio))
+        terms = bregman(r, r_star)
         terms_BL = jnp.sum(jnp.where(is_x, 0.0, terms), axis=-1)
         alpha_B = self.schedule.alpha(t_B)
         # At alpha = 0 the weight is infinite but the terms vanish (as alpha^2): limit 0.
-        # At alpha = 1 (t below float precision) x_t = x_0 surely and the integrand is
-        # bounded, so the measure-zero sliver is dropped instead of producing inf * 0.
-        ok_B = (alpha_B > 0) & (alpha_B < 1)
+        # At t = 0 exactly x_t = x_0 surely and the integrand is bounded: dropped.
+        ok_B = (alpha_B > 0) & (self.schedule.beta(t_B) > 0)
         sigma_over_v = -self.schedule.dalpha(t_B) / (jnp.where(ok_B, alpha_B, 1.0) * V)
         return jnp.where(ok_B[:, None], sigma_over_v[:, None] * terms_BL, 0.0)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from dllm_jax.diffusion.block import noise_process
+from dllm_jax.diffusion.hybrid import HybridProcess
 from dllm_jax.diffusion.masked import MaskedProcess
 from dllm_jax.diffusion.uniform import UniformProcess
 from dllm_jax.sampling.draws import (
@@ -99,10 +100,36 @@ class UniformAncestral(StepRule):
         return categorical_BL(keys_BL, TAG_TOKEN, post), jnp.ones((batch,), jnp.int32), state
 
 
+def hybrid_update(process: HybridProcess, logp_BLV, tokens_BL, t, s, keys_BL, offset: int = 0):
+    """One exact hybrid reverse step t -> s per position, drawn in two stages: stay (or
+    become) the mask with probability P(mask), else a token from the token part."""
+    p_mask_BL1, tok_BLV = process.posterior(jnp.exp(logp_BLV), tokens_BL, t, s)
+    masked_BL = uniform_BL(keys_BL, TAG_UNMASK + offset) < p_mask_BL1[..., 0]
+    tok_BL = categorical_BL(keys_BL, TAG_TOKEN + offset, jnp.log(tok_BLV))
+    return jnp.where(masked_BL, process.mask_id, tok_BL)
+
+
+@dataclasses.dataclass(frozen=True)
+class HybridAncestral(StepRule):
+    """Hybrid-process ancestral step: x_s^l ~ sum_a p(a | x_t) q(x_s^l | x_t^l, x_0^l = a).
+
+    Masks unmask, and unmasked tokens (which may be uniform noise) are revised.
+    """
+
+    process: HybridProcess
+    logits: Logits = Logits()
+
+    def step(self, denoise, tokens_BL, t, s, keys_BL, state):
+        batch = tokens_BL.shape[0]
+        logp_BLV = self.logits(denoise(tokens_BL, times_B(batch, t)))
+        new_BL = hybrid_update(self.process, logp_BLV, tokens_BL, t, s, keys_BL)
+        return new_BL, jnp.ones((batch,), jnp.int32), state
+
+
 def ancestral(process, logits: Logits = Logits()) -> StepRule:
     """The ancestral step rule of a noise process (a block objective's inner process)."""
     process = noise_process(process)
-    rules = {MaskedProcess: MaskedAncestral, UniformProcess: UniformAncestral}
+    rules = {MaskedProcess: MaskedAncestral, UniformProcess: UniformAncestral, HybridProcess: HybridAncestral}
     for kind, rule in rules.items():
         if isinstance(process, kind):
             return rule(process, logits)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 PRIOR_STEP = 2**31 - 1
 
 # Purpose tags: one independent stream per kind of draw.
-TAG_PRIOR, TAG_UNMASK, TAG_TOKEN, TAG_ORDER, TAG_REMASK, TAG_RENOISE, TAG_RENOISE_TOKEN = range(7)
+TAG_PRIOR, TAG_UNMASK, TAG_TOKEN, TAG_ORDER, TAG_REMASK, TAG_RENOISE, TAG_RENOISE_TOKEN, TAG_PRIOR_KIND = range(8)
 
 
 def _per_position(fn, keys_BL, tag, *args):
@@ -47,11 +47,17 @@ def categorical_BL(keys_BL, tag: int, logits_BLV):
 
 def process_prior(process, keys_BL):
     """x_1 of a noise process drawn per position (B, L): all mask for an absorbing process
-    (it has a ``mask_id``), else a uniform token at each position from its own key."""
+    (it has a ``mask_id``), a uniform token at each position from its own key for the
+    uniform one, and for a hybrid a uniform token with probability u(1), else the mask."""
     mask_id = getattr(process, "mask_id", None)
-    if mask_id is not None:
-        return jnp.full(keys_BL.shape, mask_id, jnp.int32)
-    return randint_BL(keys_BL, TAG_PRIOR, process.num_tokens)
+    if mask_id is None:
+        return randint_BL(keys_BL, TAG_PRIOR, process.num_tokens)
+    masks_BL = jnp.full(keys_BL.shape, mask_id, jnp.int32)
+    u1 = getattr(process, "prior_uniform_share", 0.0)  # a hybrid process: x_1 mixes masks and tokens
+    if u1 == 0.0:
+        return masks_BL
+    uniform_BL_ = uniform_BL(keys_BL, TAG_PRIOR_KIND) < u1
+    return jnp.where(uniform_BL_, randint_BL(keys_BL, TAG_PRIOR, process.num_tokens), masks_BL)
 
 
 def prior_keys(keys_B, positions_L):
