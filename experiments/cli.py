@@ -47,7 +47,7 @@ def apply_overrides(exp: ExperimentConfig, overrides: list[str]) -> ExperimentCo
 def experiment_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default="quickstart", help=f"one of {sorted(configs.EXPERIMENTS)}")
-    parser.add_argument("--process", default="masked", choices=["masked", "uniform", "ar"])
+    parser.add_argument("--process", default="masked", choices=["masked", "uniform", "hybrid", "ar"])
     parser.add_argument("--run_dir", default=None, help="run directory (default runs/<name>)")
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE")
     return parser

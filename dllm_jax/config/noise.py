@@ -7,7 +7,8 @@ from typing import Literal
 
 from dllm_jax.validate import check_types, number, one_of
 
-PROCESS_KINDS = ("masked", "uniform", "ar")
+PROCESS_KINDS = ("masked", "uniform", "hybrid", "ar")
+UNIFORM_SHARES = ("constant", "decaying")
 SCHEDULE_KINDS = ("loglinear", "cosine", "polynomial")
 TIME_DISTRIBUTIONS = ("uniform", "logit_normal")
 WEIGHTINGS = ("elbo", "flat")
@@ -21,7 +22,12 @@ class NoiseConfig:
     reports the true bound (the ELBO integrated over uniform times on [t_min, t_max]).
 
     Attributes:
-      process: ``masked`` (absorbing), ``uniform`` or ``ar``.
+      process: ``masked`` (absorbing), ``uniform``, ``hybrid`` (GIDD: a corrupted token is
+        the mask or a uniform token) or ``ar``.
+      p_uniform: the hybrid's uniform share of the noise, in [0, 1] (0 = masked, 1 with a
+        constant share = uniform).
+      uniform_share: ``constant`` (u = p_uniform at every t) or ``decaying`` (u = p_uniform
+        (1 - t): x_1 all-mask, random tokens mid-trajectory).
       schedule: ``loglinear`` (alpha = 1 - t), ``cosine`` or ``polynomial``.
       exponent: the polynomial schedule's power (alpha = 1 - t**exponent).
       t_min: the bound integrates over [t_min, 1] (masked) or [t_min, 1 - t_min]
@@ -46,7 +52,9 @@ class NoiseConfig:
         reached (then held): 0.5 = anneal over the first half, pure end share after.
     """
 
-    process: Literal["masked", "uniform", "ar"] = "masked"
+    process: Literal["masked", "uniform", "hybrid", "ar"] = "masked"
+    p_uniform: float = 0.0
+    uniform_share: Literal["constant", "decaying"] = "constant"
     schedule: Literal["loglinear", "cosine", "polynomial"] = "loglinear"
     exponent: float = 1.0
     t_min: float = 1e-3
@@ -66,6 +74,14 @@ class NoiseConfig:
         one_of(self, "schedule", SCHEDULE_KINDS)
         one_of(self, "time_distribution", TIME_DISTRIBUTIONS)
         one_of(self, "weighting", WEIGHTINGS)
+        one_of(self, "uniform_share", UNIFORM_SHARES)
+        if not 0 <= number(self, "p_uniform") <= 1:
+            raise ValueError(f"NoiseConfig.p_uniform must be in [0, 1], got {self.p_uniform}")
+        if self.p_uniform and self.process != "hybrid":
+            raise ValueError(
+                f"NoiseConfig.p_uniform={self.p_uniform} is the hybrid process's knob; set process='hybrid' "
+                f"(got process={self.process!r})"
+            )
         for name in ("exponent", "t_min", "t_low", "t_high", "logit_mean", "logit_std", "ar_fraction"):
             number(self, name)
         if not self.exponent > 0:
@@ -77,7 +93,8 @@ class NoiseConfig:
                 f"NoiseConfig.t_low and t_high must satisfy 0 <= t_low < t_high <= 1, got "
                 f"t_low={self.t_low}, t_high={self.t_high}"
             )
-        t_max = 1.0 - self.t_min if self.process == "uniform" else 1.0
+        uniform_noise = self.process == "uniform" or (self.process == "hybrid" and self.p_uniform > 0)
+        t_max = 1.0 - self.t_min if uniform_noise else 1.0
         if self.process != "ar" and (self.t_high <= self.t_min or self.t_low >= t_max):
             raise ValueError(
                 f"NoiseConfig training range [t_low={self.t_low}, t_high={self.t_high}] does not "

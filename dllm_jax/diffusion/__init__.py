@@ -30,6 +30,8 @@ def make_objective(config: NoiseConfig, num_tokens: int, model: ModelConfig | No
     makers = {
         "masked": lambda: MaskedProcess(num_tokens, schedule, config.t_min, mask_id=ids.mask),
         "uniform": lambda: UniformProcess(num_tokens, schedule, config.t_min),
+        "hybrid": lambda: HybridProcess(num_tokens, schedule, config.t_min, mask_id=ids.mask,
+                                        p_uniform=config.p_uniform, share=config.uniform_share),
         "ar": lambda: ARObjective(num_tokens, ids.bos),
     }
     objective = makers[config.process]()

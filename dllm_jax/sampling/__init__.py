@@ -7,6 +7,7 @@ from dllm_jax.sampling.driver import StepRule, example_keys, run_sampler, sample
 from dllm_jax.sampling.generate import CACHE_MODES, Generation, generate, resume
 from dllm_jax.sampling.guidance import guidance_mix, guided
 from dllm_jax.sampling.kv_decode import ar_generate, ar_sample_cached
+from dllm_jax.sampling.revise import Revision, correction_rounds, revise
 from dllm_jax.sampling.revising import ReMDM, UniformPredictorCorrector
 from dllm_jax.sampling.rules import (
     RULE_NAMES,
@@ -21,6 +22,9 @@ __all__ = [
     "BlockDenoiser",
     "CACHE_MODES",
     "RULE_NAMES",
+    "Revision",
+    "correction_rounds",
+    "revise",
     "CachedMaskedAncestral",
     "ConfidenceThreshold",
     "EntropyBounded",

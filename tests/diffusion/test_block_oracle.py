@@ -22,6 +22,7 @@ import pytest
 from dllm_jax.config import special_ids
 from dllm_jax.diffusion import (
     BlockDiffusion,
+    HybridProcess,
     LogLinear,
     MaskedProcess,
     UniformProcess,
@@ -35,12 +36,14 @@ NUM_NODES = 256
 def make_process(kind: str):
     if kind == "masked":
         return MaskedProcess(ref.V, LogLinear(), mask_id=MASK_ID)
+    if kind == "hybrid":
+        return HybridProcess(ref.V, LogLinear(), mask_id=MASK_ID, p_uniform=0.2)
     return UniformProcess(ref.V, LogLinear())
 
 
 def block_states(kind: str, size: int) -> np.ndarray:
     """Every corrupted block in the library's ids: (X, size)."""
-    symbols = list(range(ref.V)) + ([MASK_ID] if kind == "masked" else [])
+    symbols = list(range(ref.V)) + ([MASK_ID] if kind in ("masked", "hybrid") else [])
     return np.array(list(itertools.product(symbols, repeat=size)), np.int32)
 
 
@@ -84,8 +87,8 @@ def block_bounds(kind: str, block_size: int, lo: float = 0.0) -> np.ndarray:
         return w_N @ np.asarray(values_NS)
 
 
-@pytest.mark.parametrize("kind", ["masked", "uniform"])
-@pytest.mark.parametrize("block_size", [1, 2, 4])
+@pytest.mark.parametrize(("kind", "block_size"), [(k, b) for k in ("masked", "uniform") for b in (1, 2, 4)]
+                         + [("hybrid", 2)])
 def test_block_nelbo_with_the_exact_denoiser_is_minus_log_p(kind, block_size):
     bound_S = block_bounds(kind, block_size)
     nll_S = -np.log(ref.target_probs())
