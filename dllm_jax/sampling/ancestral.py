@@ -74,7 +74,7 @@ def uniform_posterior_logits(process: UniformProcess, probs_BLV, tokens_BL, t, s
     """
     V = process.num_tokens
     a_t, a_s = process.schedule.alpha(t), process.schedule.alpha(s)
-    beta_t, beta_s = (1.0 - a_t) / V, (1.0 - a_s) / V
+    beta_t, beta_s = process.schedule.beta(t) / V, process.schedule.beta(s) / V
     is_x = jax.nn.one_hot(tokens_BL, V, dtype=bool)
     w = jnp.where(is_x, probs_BLV * beta_t / (beta_t + a_t), probs_BLV)
     mix = a_s * w + beta_s * jnp.sum(w, axis=-1, keepdims=True)
