@@ -32,7 +32,7 @@ def run_dir(tmp_path_factory):
     ("model.shift=1", r"ModelConfig.shift must be True or False, got 1"),
     ("mesh.data='two'", r"MeshConfig.data must be an integer, got 'two'"),
     ("train.batch_size=[4]", r"TrainConfig.batch_size must be an integer, got \(4,\)"),
-    ("noise.process='absorbing'", r"NoiseConfig.process must be one of \('masked', 'uniform', 'ar'\), got 'absorbing'"),
+    ("noise.process='absorbing'", r"NoiseConfig.process must be one of \('masked', 'uniform', 'hybrid', 'ar'\), got 'absorbing'"),
 ])
 def test_bad_overrides(override, message):
     with pytest.raises(ValueError, match=message):

@@ -92,6 +92,18 @@ def test_unknown_schedule_and_process():
         make_schedule("foo")
 
 
+def test_hybrid_noise_fields():
+    assert NoiseConfig(process="hybrid", p_uniform=0.2, uniform_share="decaying").p_uniform == 0.2
+    with pytest.raises(ValueError, match=r"NoiseConfig\.p_uniform must be in \[0, 1\], got 1.5"):
+        NoiseConfig(process="hybrid", p_uniform=1.5)
+    with pytest.raises(ValueError, match=r"NoiseConfig\.p_uniform must be in \[0, 1\], got -0.1"):
+        NoiseConfig(process="hybrid", p_uniform=-0.1)
+    with pytest.raises(ValueError, match=r"p_uniform=0.5 is the hybrid process's knob; set process='hybrid'"):
+        NoiseConfig(process="masked", p_uniform=0.5)
+    with pytest.raises(ValueError, match=r"uniform_share must be one of .*got 'rising'"):
+        NoiseConfig(process="hybrid", uniform_share="rising")
+
+
 @pytest.mark.parametrize(("field", "value"), [("exponent", 0.0), ("t_min", -0.1), ("t_min", 0.5)])
 def test_noise_config_ranges(field, value):
     with pytest.raises(ValueError, match=rf"NoiseConfig\.{field} .*got {value}"):
