@@ -9,10 +9,8 @@ import warnings
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
-from jax.experimental import multihost_utils
 
 from dllm_jax.checkpoint.integrity import abstract_leaf, check_target, describe
 from dllm_jax.checkpoint.layout import (
@@ -26,6 +24,8 @@ from dllm_jax.checkpoint.layout import (
     step_problem,
     write_manifest,
 )
+from dllm_jax.checkpoint.multihost import all_processes as _all_processes
+from dllm_jax.checkpoint.multihost import primary_steps as _primary_steps
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -391,22 +391,6 @@ class Checkpointer:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _all_processes(ok: bool) -> bool:
-    """True iff ``ok`` on every JAX process, so that all of them restore the same step."""
-    if jax.process_count() == 1:
-        return ok
-    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
-
-
-def _primary_steps(steps: list[int]) -> list[int]:
-    """The primary process's list of steps, on every process."""
-    if jax.process_count() == 1:
-        return steps
-    n = int(multihost_utils.broadcast_one_to_all(np.int32(len(steps))))
-    mine = np.asarray(steps if len(steps) == n else [0] * n, np.int32)
-    return [int(s) for s in multihost_utils.broadcast_one_to_all(mine)]
 
 
 def _short(e: Exception) -> str:

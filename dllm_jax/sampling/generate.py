@@ -313,7 +313,7 @@ class _ModelDenoiser(BlockDenoiser):
         return jax.lax.dynamic_slice_in_dim(self.full_logits(canvas, t_B), start, x_BC.shape[1], axis=1)
 
     def write(self, cache, new_BC, start):
-        raise NotImplementedError("no cache: nothing is kept across blocks")
+        return cache  # never called (keeps_blocks is False): nothing is kept across blocks
 
 
 class _CachedDenoiser(_ModelDenoiser):
