@@ -33,6 +33,7 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "vocab": "tensor",
     "embed": "fsdp",
     "heads": "tensor",
+    "kv_heads": "tensor",
     "head_dim": None,
     "mlp": "tensor",
     "cond": None,

@@ -74,6 +74,15 @@ class ModelConfig:
     embed_init_std: float = 1.0
     head_init_scale: float = 1.0
     context_attention: Literal["block_causal", "causal"] = "block_causal"
+    num_kv_heads: int | None = None
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    norm_eps: float = 1e-6
+    rope_scaling: Literal["none", "linear", "llama3"] = "none"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192
 
     def __post_init__(self):
         check_types(self)
@@ -83,6 +92,24 @@ class ModelConfig:
         )
         if self.mlp_dim is not None:
             positive_int(self, "mlp_dim")
+        if self.num_kv_heads is not None:
+            positive_int(self, "num_kv_heads")
+            if self.num_heads % self.num_kv_heads:
+                raise ValueError(
+                    f"ModelConfig.num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads} "
+                    "(each group of query heads shares one key/value head)"
+                )
+        positive_int(self, "rope_original_max_len")
+        one_of(self, "rope_scaling", ("none", "linear", "llama3"))
+        if not number(self, "norm_eps") > 0:
+            raise ValueError(f"ModelConfig.norm_eps must be > 0, got {self.norm_eps}")
+        if not number(self, "rope_factor") >= 1:
+            raise ValueError(f"ModelConfig.rope_factor must be >= 1, got {self.rope_factor}")
+        if not 0 < number(self, "rope_low_freq_factor") < number(self, "rope_high_freq_factor"):
+            raise ValueError(
+                "ModelConfig needs 0 < rope_low_freq_factor < rope_high_freq_factor, got "
+                f"{self.rope_low_freq_factor} and {self.rope_high_freq_factor}"
+            )
         if self.num_tokens < 2:
             raise ValueError(
                 f"ModelConfig.num_tokens must be >= 2 ordinary tokens, got {self.num_tokens}"
@@ -120,6 +147,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: ``num_kv_heads``, or ``num_heads`` (plain multi-head attention)."""
+        return self.num_kv_heads or self.num_heads
 
     @property
     def hidden_dim(self) -> int:

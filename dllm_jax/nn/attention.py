@@ -67,17 +67,23 @@ class KVCache(NamedTuple):
 
 
 class Attention(nnx.Module):
-    """Multi-head self-attention with rotary positions; softmax in float32."""
+    """Multi-head self-attention with rotary positions; softmax in float32.
+
+    ``num_kv_heads`` < ``num_heads``: grouped-query attention, query head h reading key/value
+    head ``h // (num_heads / num_kv_heads)`` (as Hugging Face's ``repeat_kv``). ``qkv_bias``:
+    biases on the three input projections (Qwen2).
+    """
 
     def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
-                 alibi: bool = False):
+                 alibi: bool = False, num_kv_heads: int | None = None, qkv_bias: bool = False):
         head_dim = d_model // num_heads
+        kv_heads = num_kv_heads or num_heads
         self.alibi = alibi
         self.num_heads = num_heads
-        axes_in = ("embed", "heads", "head_dim")
-        self.q = Linear(d_model, (num_heads, head_dim), axes_in, rngs=rngs, dtype=dtype)
-        self.k = Linear(d_model, (num_heads, head_dim), axes_in, rngs=rngs, dtype=dtype)
-        self.v = Linear(d_model, (num_heads, head_dim), axes_in, rngs=rngs, dtype=dtype)
+        q_axes, kv_axes = ("embed", "heads", "head_dim"), ("embed", "kv_heads", "head_dim")
+        self.q = Linear(d_model, (num_heads, head_dim), q_axes, rngs=rngs, dtype=dtype, bias=qkv_bias)
+        self.k = Linear(d_model, (kv_heads, head_dim), kv_axes, rngs=rngs, dtype=dtype, bias=qkv_bias)
+        self.v = Linear(d_model, (kv_heads, head_dim), kv_axes, rngs=rngs, dtype=dtype, bias=qkv_bias)
         self.o = _OutProj(num_heads, head_dim, d_model, rngs=rngs, dtype=dtype)
         self.dtype = dtype
 
@@ -138,17 +144,22 @@ def alibi_bias(num_heads: int, q_pos_BL, k_pos_BS):
     return -jnp.asarray(alibi_slopes(num_heads), jnp.float32)[None, :, None, None] * dist_BLS[:, None]
 
 
-def attend(q_BLHDh, k_BSHDh, v_BSHDh, mask_LS, bias_BHLS=None):
+def attend(q_BLHDh, k_BSGDh, v_BSGDh, mask_LS, bias_BHLS=None):
     """Scaled dot-product attention with a boolean mask (and an optional additive bias),
-    logits and softmax in float32."""
-    scale = q_BLHDh.shape[-1] ** -0.5
-    logits_BHLS = jnp.einsum("blhk,bshk->bhls", q_BLHDh, k_BSHDh, preferred_element_type=jnp.float32)
-    logits_BHLS = logits_BHLS * scale
+    logits and softmax in float32. Keys and values may have fewer heads G than the H
+    queries (grouped-query attention: G divides H, query head h reads kv head h // (H/G))."""
+    B, L, H, Dh = q_BLHDh.shape
+    G = k_BSGDh.shape[2]
+    scale = Dh ** -0.5
+    q_BLGRDh = q_BLHDh.reshape(B, L, G, H // G, Dh)
+    logits = jnp.einsum("blgrk,bsgk->bgrls", q_BLGRDh, k_BSGDh, preferred_element_type=jnp.float32)
+    logits_BHLS = logits.reshape(B, H, L, -1) * scale
     if bias_BHLS is not None:
         logits_BHLS = logits_BHLS + bias_BHLS
     logits_BHLS = jnp.where(mask_LS, logits_BHLS, jnp.finfo(jnp.float32).min)
-    probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(v_BSHDh.dtype)
-    return jnp.einsum("bhls,bshk->blhk", probs_BHLS, v_BSHDh)
+    probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(v_BSGDh.dtype)
+    probs_BGRLS = probs_BHLS.reshape(B, G, H // G, L, -1)
+    return jnp.einsum("bgrls,bsgk->blgrk", probs_BGRLS, v_BSGDh).reshape(B, L, H, Dh)
 
 
 class _OutProj(nnx.Module):

@@ -20,7 +20,7 @@ def param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Sequence[str | None]
 
 
 class Linear(nnx.Module):
-    """y = x @ W (no bias), W of shape ``in_shape + out_shape``; computes in ``dtype``."""
+    """y = x @ W (+ b with ``bias``), W of shape ``in_shape + out_shape``; computes in ``dtype``."""
 
     def __init__(
         self,
@@ -32,6 +32,7 @@ class Linear(nnx.Module):
         dtype=jnp.float32,
         zero_init: bool = False,
         init_scale: float = 1.0,
+        bias: bool = False,
     ):
         out_axes = tuple(range(1, 1 + len(out_shape)))
         init = (
@@ -41,13 +42,14 @@ class Linear(nnx.Module):
                                                    in_axis=0, out_axis=out_axes)
         )
         self.kernel = param(rngs, init, (in_features, *out_shape), axes)
+        self.bias = param(rngs, nnx.initializers.zeros, tuple(out_shape), tuple(axes[1:])) if bias else None
         self.dtype = dtype
 
     def __call__(self, x):
         w = self.kernel[...].astype(self.dtype)
         w2 = w.reshape(w.shape[0], -1)
-        y = jnp.dot(x.astype(self.dtype), w2)
-        return y.reshape(*x.shape[:-1], *w.shape[1:])
+        y = jnp.dot(x.astype(self.dtype), w2).reshape(*x.shape[:-1], *w.shape[1:])
+        return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
 
 class RMSNorm(nnx.Module):
@@ -89,10 +91,33 @@ class Embed(nnx.Module):
     def __call__(self, tokens_BL):
         return jnp.take(self.table[...], tokens_BL, axis=0).astype(self.dtype)
 
+    def attend(self, h_BLD, num_rows: int):
+        """Tied output projection: h @ table[:num_rows].T, logits (B, L, num_rows)."""
+        w_VD = self.table[:num_rows].astype(self.dtype)
+        return jnp.einsum("bld,vd->blv", h_BLD.astype(self.dtype), w_VD)
 
-def rotary_tables(max_len: int, head_dim: int, theta: float):
-    """(sin, cos) tables of shape (max_len, head_dim // 2), float32."""
+
+def rotary_tables(max_len: int, head_dim: int, theta: float, scaling: tuple = ("none",)):
+    """(sin, cos) tables of shape (max_len, head_dim // 2), float32.
+
+    ``scaling``: ``("none",)``, ``("linear", factor)`` or ``("llama3", factor, low_freq_factor,
+    high_freq_factor, original_max_len)`` — the inverse frequencies of Hugging Face's
+    ``rope_type`` of the same name (Llama 3.1's wavelength-dependent interpolation).
+    """
     inv = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    kind = scaling[0]
+    if kind == "linear":
+        inv = inv / scaling[1]
+    elif kind == "llama3":
+        factor, low, high, old_len = scaling[1:]
+        wavelen = 2 * jnp.pi / inv
+        scaled = jnp.where(wavelen > old_len / low, inv / factor, inv)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        inv = jnp.where(medium, smoothed, scaled)
+    elif kind != "none":
+        raise ValueError(f"unknown rope scaling {kind!r}; expected none, linear or llama3")
     angles_LK = jnp.arange(max_len, dtype=jnp.float32)[:, None] * inv[None, :]
     return jnp.sin(angles_LK), jnp.cos(angles_LK)
 

@@ -42,10 +42,11 @@ class Block(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         dtype = _dtype(config)
         d = config.d_model
-        self.attn_norm = RMSNorm(d, rngs=rngs)
+        self.attn_norm = RMSNorm(d, rngs=rngs, eps=config.norm_eps)
         self.attn = Attention(d, config.num_heads, rngs=rngs, dtype=dtype,
-                              alibi=config.attention_bias == "alibi")
-        self.mlp_norm = RMSNorm(d, rngs=rngs)
+                              alibi=config.attention_bias == "alibi", num_kv_heads=config.kv_heads,
+                              qkv_bias=config.qkv_bias)
+        self.mlp_norm = RMSNorm(d, rngs=rngs, eps=config.norm_eps)
         self.mlp = SwiGLU(d, config.hidden_dim, rngs=rngs, dtype=dtype)
         self.modulation = (
             Linear(config.time_embed_dim, (6, d), ("cond", None, "embed"), rngs=rngs, zero_init=True)
@@ -95,9 +96,10 @@ class Transformer(nnx.Module):
             return Block(config, rngs=rngs)
 
         self.blocks = make_blocks(rngs)
-        self.final_norm = RMSNorm(config.d_model, rngs=rngs)
-        self.head = Linear(config.d_model, (config.num_tokens,), ("embed", "vocab"), rngs=rngs, dtype=dtype,
-                           init_scale=config.head_init_scale)
+        self.final_norm = RMSNorm(config.d_model, rngs=rngs, eps=config.norm_eps)
+        self.head = None if config.tie_embeddings else Linear(
+            config.d_model, (config.num_tokens,), ("embed", "vocab"), rngs=rngs, dtype=dtype,
+            init_scale=config.head_init_scale)
         if config.time_conditioning:
             c = config.time_embed_dim
             self.time_in = Linear(c, (c,), ("cond", None), rngs=rngs)
@@ -181,9 +183,9 @@ class Transformer(nnx.Module):
 
     def _layers(self, x_BLD, mask, positions_BL, cond_BC, cache: KVCache | None = None, start=0):
         """The one layer scan: a full pass (no cache), or positions [start, start + L) against
-        a KV cache of every layer (N, B, S, H, Dh), returning (x, the cache with them written)."""
+        a KV cache of every layer (N, B, S, H_kv, Dh), returning (x, the cache with them written)."""
         config = self.config
-        sin, cos = rotary_tables(config.max_len, config.head_dim, config.rope_theta)
+        sin, cos = rotary_tables(config.max_len, config.head_dim, config.rope_theta, rope_scaling(config))
         x_BLD = constrain(x_BLD, "batch", "length", "act_embed")
         if cache is None:
             def body(block, x, mask, pos, s, c, cond):
@@ -207,12 +209,12 @@ class Transformer(nnx.Module):
         return run_cached(self.blocks, x_BLD, cache, start, mask, positions_BL, sin, cos, cond_BC)
 
     def init_cache(self, batch: int, length: int | None = None) -> KVCache:
-        """An empty KV cache: k and v of shape (N, B, length, H, K), length max_len by default."""
+        """An empty KV cache: k and v of shape (N, B, length, H_kv, K) (H_kv = ``config.kv_heads``), length max_len by default."""
         c = self.config
         length = c.max_len if length is None else length
         if not 1 <= length <= c.max_len:
             raise ValueError(f"cache length must be in [1, max_len={c.max_len}], got {length}")
-        shape = (c.num_layers, batch, length, c.num_heads, c.head_dim)
+        shape = (c.num_layers, batch, length, c.kv_heads, c.head_dim)
         return KVCache(jnp.zeros(shape, _dtype(c)), jnp.zeros(shape, _dtype(c)))
 
     def decode_step(self, tokens_B, position, cache: KVCache):
@@ -225,7 +227,7 @@ class Transformer(nnx.Module):
         Args:
           tokens_B: input token ids at ``position``, shape (B,).
           position: int32 scalar (may be traced), ``0 <= position < max_len``.
-          cache: ``KVCache`` of shape (N, B, max_len, H, K), e.g. from ``init_cache``.
+          cache: ``KVCache`` of shape (N, B, max_len, H_kv, K), e.g. from ``init_cache``.
 
         Returns:
           (logits_BV float32, cache with this position's keys and values written).
@@ -256,7 +258,7 @@ class Transformer(nnx.Module):
         Args:
           tokens_BC: int32 (B, C).
           start: int32 scalar, may be traced; ``start + C <= S``.
-          cache: ``KVCache`` with k, v of shape (N, B, S, H, K) (``init_cache(batch, S)``).
+          cache: ``KVCache`` with k, v of shape (N, B, S, H_kv, K) (``init_cache(batch, S)``).
           kv_valid_BS: optional bool (B, S): keys that exist (False for padding).
           t_B: times, for a time-conditioned model.
 
@@ -354,7 +356,10 @@ class Transformer(nnx.Module):
         if cond_BC is not None:
             mod = self.final_modulation(cond_BC).astype(h_BLD.dtype)
             h_BLD = _modulate(h_BLD, mod[:, 0], mod[:, 1])
-        logits_BLV = self.head(h_BLD).astype(jnp.float32)
+        if self.head is None:  # tied: the embedding's ordinary rows, transposed
+            logits_BLV = self.embed.attend(h_BLD, self.config.num_tokens).astype(jnp.float32)
+        else:
+            logits_BLV = self.head(h_BLD).astype(jnp.float32)
         return constrain(logits_BLV, "batch", "length", "act_vocab")
 
     def _condition(self, t_B, batch: int):
@@ -365,6 +370,16 @@ class Transformer(nnx.Module):
         t_B = jnp.broadcast_to(jnp.asarray(t_B, jnp.float32), (batch,))
         emb = timestep_embedding(t_B, self.config.time_embed_dim)
         return self.time_out(jax.nn.silu(self.time_in(emb)))
+
+
+def rope_scaling(config: ModelConfig) -> tuple:
+    """The ``scaling`` argument of ``rotary_tables`` for ``config``."""
+    if config.rope_scaling == "linear":
+        return ("linear", config.rope_factor)
+    if config.rope_scaling == "llama3":
+        return ("llama3", config.rope_factor, config.rope_low_freq_factor, config.rope_high_freq_factor,
+                config.rope_original_max_len)
+    return ("none",)
 
 
 def count_params(state) -> int:

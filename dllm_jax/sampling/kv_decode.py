@@ -9,6 +9,7 @@ the length. Draws use the reference's keys, so both return the same tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -66,7 +67,8 @@ def ar_sample_cached(
 
 def _decode(graphdef, params, keys_B, forced_BS, num_forced_B, bos_id, draw, return_logits=False):
     """The decoding scan: position i takes forced_BS[:, i] while i < num_forced_B (a prompt),
-    else a draw ``draw(fold_in(key, i), logits)``; the input at i is the token at i - 1."""
+    else a draw ``draw(fold_in(key, i), logits)``; the input at i is the token at i - 1, at
+    0 ``bos_id`` (an int, or one per row)."""
     model = nnx.merge(graphdef, params, copy=True)
     batch, length = forced_BS.shape
 
@@ -79,7 +81,7 @@ def _decode(graphdef, params, keys_B, forced_BS, num_forced_B, bos_id, draw, ret
         tok_B = jnp.where(i < num_forced_B, forced_BS[:, i], tok_B)
         return (tok_B, cache), ((tok_B, logits_BV) if return_logits else tok_B)
 
-    first_B = jnp.full((batch,), bos_id, jnp.int32)
+    first_B = jnp.broadcast_to(jnp.asarray(bos_id, jnp.int32), (batch,))
     _, out = jax.lax.scan(body, (first_B, model.init_cache(batch, length)), jnp.arange(length))
     if return_logits:
         toks_LB, logits_LBV = out
@@ -87,7 +89,7 @@ def _decode(graphdef, params, keys_B, forced_BS, num_forced_B, bos_id, draw, ret
     return out.T
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+@functools.partial(jax.jit, static_argnums=(0, 5))
 def ar_decode_program(graphdef, params, keys_B, forced_BS, bos_id, logits: Logits, num_forced_B):
     """The jitted program ``ar_generate`` runs (public for ahead-of-time compilation and benchmarks)."""
     draw = lambda k, lg: jax.random.categorical(k, logits(lg))
@@ -95,7 +97,7 @@ def ar_decode_program(graphdef, params, keys_B, forced_BS, bos_id, logits: Logit
 
 
 def ar_generate(graphdef, params, prompts, *, length: int, logits: Logits = Logits(), seed: int = 0,
-                indices=None, eos_id: int | None = None, stop=()):
+                indices=None, eos_id: int | None = None, stop=(), prompt_starts: bool = False, bos_id=None):
     """Generate ``length`` tokens after each prompt with a causal model and a KV cache.
 
     The AR counterpart of ``sampling.generate``, with the same prompts, sampling options
@@ -103,10 +105,22 @@ def ar_generate(graphdef, params, prompts, *, length: int, logits: Logits = Logi
     is fed one position per step through the same scan (batch-invariant: rows of different
     prompt lengths need no padding); position i draws with ``fold_in(example_key, i)``.
     NFE counts one decode step per generated token up to each row's end.
+
+    ``prompt_starts``: the sequence starts with the prompt's first token instead of our bos
+    (models imported from Hugging Face never saw our bos: Llama's prompts begin with its own
+    ``<s>``, Qwen2's with their first token). That token sits at position 0 and is never
+    predicted, exactly as ``transformers``' ``generate`` runs the model.
     """
     model = nnx.merge(graphdef, params)
     config = model.config
     rows, stops = check_prompts_and_stops(prompts, stop, length, config.num_tokens)
+    if prompt_starts:
+        if min(len(r) for r in rows) == 0:
+            raise ValueError("prompt_starts=True needs every prompt to have at least one token (its first)")
+        generation = ar_generate(graphdef, params, [r[1:] for r in rows], length=length, logits=logits,
+                                 seed=seed, indices=indices, eos_id=eos_id, stop=stop,
+                                 bos_id=[r[0] for r in rows])
+        return _prepend(generation, [r[0] for r in rows])
     length = int(length)
     ends = np.array([len(r) + length for r in rows])
     if ends.max() > config.max_len:
@@ -119,8 +133,9 @@ def ar_generate(graphdef, params, prompts, *, length: int, logits: Logits = Logi
         forced[b, : len(r)] = r
     indices = np.arange(len(rows)) if indices is None else np.asarray(indices)
     num_forced = jnp.asarray([len(r) for r in rows], jnp.int32)
+    bos = config.special.bos if bos_id is None else jnp.asarray(bos_id, jnp.int32)
     toks = np.asarray(ar_decode_program(graphdef, params, example_keys(seed, indices), jnp.asarray(forced),
-                                       config.special.bos, logits, num_forced))
+                                       bos, logits, num_forced))
     all_stops = stops + (((int(eos_id),),) if eos_id is not None else ())
     prompt_len = np.asarray(num_forced)
     stopped, stop_end = np.full(len(rows), -1), ends.copy()
@@ -133,3 +148,11 @@ def ar_generate(graphdef, params, prompts, *, length: int, logits: Logits = Logi
     toks = np.where(np.arange(canvas)[None] < stop_end[:, None], toks, pad)
     return Generation(tokens=toks, prompt_lengths=prompt_len, ends=stop_end, stopped=stopped,
                       nfe=(stop_end - prompt_len).astype(np.int32), eos_id=eos_id, num_stops=len(stops))
+
+
+def _prepend(generation: Generation, first) -> Generation:
+    """``generation`` with each row's first token put back in front of its canvas."""
+    first_B1 = np.asarray(first, np.int32)[:, None]
+    return dataclasses.replace(
+        generation, tokens=np.concatenate([first_B1, generation.tokens], axis=1),
+        prompt_lengths=generation.prompt_lengths + 1, ends=generation.ends + 1)

@@ -11,7 +11,7 @@ from dllm_jax.evaluation.speed import median_time
 from dllm_jax.nn.attention import KVCache
 from dllm_jax.nn.layers import rotary_tables
 from dllm_jax.nn.model import abstract_model
-from dllm_jax.nn.transformer import Block
+from dllm_jax.nn.transformer import Block, rope_scaling
 
 from .setup import COST_ONLY, Setup
 
@@ -111,13 +111,13 @@ class PassCosts:
             return cost
         bgd, bstate = nnx.split(nnx.eval_shape(lambda: Block(config, rngs=nnx.Rngs(0))))
         dtype = jnp.dtype(config.dtype)
-        kv = _sds((batch, keys, config.num_heads, config.head_dim), dtype)
+        kv = _sds((batch, keys, config.kv_heads, config.head_dim), dtype)
         cond = (
             _sds((batch, config.time_embed_dim), jnp.float32) if config.time_conditioning else None
         )
 
         def layer(bstate, x, start, k, v, mask, cond):
-            sin, cos = rotary_tables(config.max_len, config.head_dim, config.rope_theta)
+            sin, cos = rotary_tables(config.max_len, config.head_dim, config.rope_theta, rope_scaling(config))
             positions = jnp.broadcast_to(start + jnp.arange(queries), (batch, queries))
             block = nnx.merge(bgd, bstate, copy=True)
             return block(x, mask, positions, sin, cos, cond, KVCache(k, v), start)

@@ -202,7 +202,48 @@ def test_token_ids_checked_against_vocab_size():
 def test_cached_chunks_equal_the_full_pass(params, tokens_BL, kind, bias):
     """Chunk by chunk against a KV cache (block-causal / causal: written as they go;
     bidirectional: filled by a full pass first) gives the full pass's logits, ALiBi included."""
-    graphdef = _graphdef(attention=kind, block_size=4, attention_bias=bias)
+    _check_cached_chunks(_graphdef(attention=kind, block_size=4, attention_bias=bias), params, tokens_BL, kind)
+
+
+# The fields Llama / Qwen2 checkpoints need: grouped-query attention (4 query heads share 2
+# kv heads), qkv biases, tied embeddings, Llama 3.1's rope scaling, another norm epsilon.
+HF_SHAPED = dataclasses.replace(TINY, num_kv_heads=2, qkv_bias=True, tie_embeddings=True, norm_eps=1e-5,
+                                rope_scaling="llama3", rope_factor=4.0, rope_original_max_len=8)
+
+
+@pytest.fixture(scope="module")
+def hf_shaped_params(mesh):
+    graphdef, params = create_model(HF_SHAPED, mesh, seed=3)
+    # biases start at zero: perturb them so the test sees them
+    return jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(4), x.shape), params)
+
+
+@pytest.mark.parametrize("kind", ["bidirectional", "causal", "block_causal"])
+def test_gqa_bias_tied_cached_chunks_equal_the_full_pass(hf_shaped_params, tokens_BL, kind):
+    """The KV caches hold num_kv_heads heads and give the full pass's logits for a
+    grouped-query, qkv-bias, tied-embedding model, in every attention kind."""
+    graphdef = abstract_model(dataclasses.replace(HF_SHAPED, attention=kind, block_size=4))[0]
+    cache = nnx.merge(graphdef, hf_shaped_params).init_cache(2, LENGTH)
+    assert cache.k.shape == (2, 2, LENGTH, 2, HF_SHAPED.head_dim)  # (N, B, S, kv heads, Dh)
+    _check_cached_chunks(graphdef, hf_shaped_params, tokens_BL, kind)
+
+
+def test_gqa_equals_mha_with_repeated_kv_heads(hf_shaped_params, tokens_BL):
+    """Grouped-query attention is multi-head attention whose kv heads are repeated per group
+    (query head h reads kv head h // 2), tied embeddings a head equal to the table's rows."""
+    config = dataclasses.replace(HF_SHAPED, attention="causal")
+    mha = dataclasses.replace(config, num_kv_heads=None, tie_embeddings=False)
+    p = nnx.to_pure_dict(hf_shaped_params)
+    for name in ("k", "v"):
+        p["blocks"]["attn"][name] = {k: jnp.repeat(v, 2, axis=-2) for k, v in p["blocks"]["attn"][name].items()}
+    p["head"] = {"kernel": p["embed"]["table"][: config.num_tokens].T}
+    mha_graphdef, mha_state = abstract_model(mha)
+    nnx.replace_by_pure_dict(mha_state, p)
+    gqa = np.asarray(_forward(abstract_model(config)[0], hf_shaped_params, tokens_BL))
+    np.testing.assert_allclose(np.asarray(_forward(mha_graphdef, mha_state, tokens_BL)), gqa, rtol=1e-5, atol=1e-5)
+
+
+def _check_cached_chunks(graphdef, params, tokens_BL, kind):
     full = np.asarray(_forward(graphdef, params, tokens_BL))
 
     @jax.jit
