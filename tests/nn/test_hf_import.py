@@ -76,6 +76,22 @@ def test_logits_equal_transformers(folders, mesh, tokens, kind, tie):
     assert _listing(folder) == before  # loading writes nothing
 
 
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "linear", "factor": 4.0, "rope_theta": 500.0},
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 32, "rope_theta": 500.0},
+])
+def test_rope_scaling_equals_transformers(tmp_path, mesh, rope):
+    """Llama 3.1's wavelength-dependent rope scaling (and linear scaling), at positions past
+    the original context; theta 500 puts the head's frequencies in all three of llama3's bands."""
+    model = build_folder(tmp_path / "m", "llama", vocab=VOCAB, max_pos=128, rope_parameters=rope)
+    imported = load_hf(tmp_path / "m", mesh)
+    assert imported.config.rope_scaling == rope["rope_type"] and imported.config.rope_factor == rope["factor"]
+    toks = np.random.default_rng(1).integers(0, VOCAB, (1, 128))
+    ours = np.asarray(_forward(imported.graphdef, imported.params, jnp.asarray(toks)))
+    assert np.abs(ours - hf_logits(model, toks)).max() < 1e-4
+
+
 @pytest.mark.parametrize("kind,tie", [("llama", False), ("qwen2", True)])
 def test_greedy_kv_cache_decoding_equals_transformers_generate(folders, mesh, kind, tie):
     folder, model = folders[kind, tie]
