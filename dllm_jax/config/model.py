@@ -83,6 +83,7 @@ class ModelConfig:
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     rope_original_max_len: int = 8192
+    start_id: int | None = None
 
     def __post_init__(self):
         check_types(self)
@@ -100,6 +101,10 @@ class ModelConfig:
                     "(each group of query heads shares one key/value head)"
                 )
         positive_int(self, "rope_original_max_len")
+        if self.start_id is not None and not 0 <= self.start_id < self.num_tokens + NUM_SPECIAL_TOKENS:
+            raise ValueError(
+                f"ModelConfig.start_id={self.start_id} must be a token id in [0, {self.num_tokens + NUM_SPECIAL_TOKENS})"
+            )
         one_of(self, "rope_scaling", ("none", "linear", "llama3"))
         if not number(self, "norm_eps") > 0:
             raise ValueError(f"ModelConfig.norm_eps must be > 0, got {self.norm_eps}")
@@ -156,6 +161,11 @@ class ModelConfig:
     @property
     def hidden_dim(self) -> int:
         return self.mlp_dim or 4 * self.d_model
+
+    @property
+    def bos_input(self) -> int:
+        """The AR start token: ``start_id``, else our bos."""
+        return self.special.bos if self.start_id is None else self.start_id
 
     @property
     def special(self) -> SpecialIds:

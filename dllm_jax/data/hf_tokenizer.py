@@ -17,9 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer as _Backend
 
 from dllm_jax.files import read_json, write_atomic
@@ -129,6 +131,27 @@ class HFTokenizer:
             if not isinstance(text, str):
                 raise TypeError(f"encode expects str, got {type(text).__name__}")
         return [e.ids for e in self._backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def utf8_lengths(self) -> np.ndarray:
+        """UTF-8 bytes each ordinary id contributes to decoded text, (num_tokens,) int64:
+        special tokens and padding rows 0; a byte-level BPE's token one byte per character
+        (GPT-2's byte-to-unicode map); otherwise byte-fallback pieces ``<0xNN>`` 1 and other
+        pieces their text's length, the sentencepiece mark read as a space."""
+        added = self._backend.get_added_tokens_decoder()
+        decoder = json.loads(self.json_text).get("decoder")
+        byte_level = '"ByteLevel"' in json.dumps(decoder)
+        lengths = np.zeros(self._num_tokens, np.int64)
+        for i in range(self.file_tokens):
+            token = self._backend.id_to_token(i)
+            if i in added:
+                lengths[i] = 0 if added[i].special else len(added[i].content.encode())
+            elif byte_level:
+                lengths[i] = len(token)
+            elif re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):
+                lengths[i] = 1
+            else:
+                lengths[i] = len(token.replace("\u2581", " ").encode())
+        return lengths
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; ids the file does not know (our pad/bos/mask, padding rows) are dropped."""

@@ -32,7 +32,7 @@ def make_objective(config: NoiseConfig, num_tokens: int, model: ModelConfig | No
         "uniform": lambda: UniformProcess(num_tokens, schedule, config.t_min),
         "hybrid": lambda: HybridProcess(num_tokens, schedule, config.t_min, mask_id=ids.mask,
                                         p_uniform=config.p_uniform, share=config.uniform_share),
-        "ar": lambda: ARObjective(num_tokens, ids.bos),
+        "ar": lambda: ARObjective(num_tokens, ids.bos if model is None else model.bos_input),
     }
     objective = makers[config.process]()
     if model is not None and model.attention == "block_causal" and config.process != "ar":

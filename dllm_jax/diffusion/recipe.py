@@ -132,4 +132,4 @@ def training_objective(noise: NoiseConfig, model: ModelConfig, objective: Object
     if block is not None:  # AR rows are refused for block models by the config
         return dataclasses.replace(block, times=times, weighting=noise.weighting)
     return Recipe(objective, times, noise.weighting, noise.ar_fraction, noise.ar_fraction_end,
-                  noise.ar_anneal_end, bos_id=model.special.bos, shift=model.shift)
+                  noise.ar_anneal_end, bos_id=model.bos_input, shift=model.shift)

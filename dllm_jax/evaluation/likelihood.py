@@ -240,8 +240,10 @@ def token_utf8_lengths(tokenizer) -> np.ndarray:
     Byte pieces count 1, control pieces (bos/eos) and unk 0, other pieces the UTF-8 length
     of their text with sentencepiece's whitespace mark read as a space. For the lossless
     tokenizer (``dllm_jax.data.tokenizer``) ``lengths[encode(text)].sum()`` equals
-    ``len(text.encode())``.
+    ``len(text.encode())``. A Hugging Face tokenizer counts its own way (``utf8_lengths``).
     """
+    if hasattr(tokenizer, "utf8_lengths"):
+        return tokenizer.utf8_lengths()
     sp = tokenizer.processor
     lengths = np.zeros(tokenizer.num_tokens, np.int64)
     for i in range(tokenizer.num_tokens):

@@ -121,13 +121,23 @@ def hf_model_config(hf: dict, where: str = "config.json", **overrides) -> ModelC
         num_layers=hf["num_hidden_layers"], num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
         mlp_dim=hf["intermediate_size"], attention="causal", qkv_bias=model_type == "qwen2",
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)), **_rope(hf, where),
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)), start_id=_start_id(hf), **_rope(hf, where),
     )
     fields.update(overrides)
     try:
         return ModelConfig(**fields)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
+
+
+def _start_id(hf: dict) -> int | None:
+    """The model's own start token: ``bos_token_id``, else its (first) ``eos_token_id``."""
+    for key in ("bos_token_id", "eos_token_id"):
+        value = hf.get(key)
+        value = value[0] if isinstance(value, list) and value else value
+        if isinstance(value, int) and 0 <= value < hf["vocab_size"]:
+            return value
+    return None
 
 
 def hf_config_dict(config: ModelConfig) -> dict:
@@ -154,6 +164,7 @@ def hf_config_dict(config: ModelConfig) -> dict:
         "rms_norm_eps": config.norm_eps, "tie_word_embeddings": config.tie_embeddings,
         "rope_parameters": rope, "rope_theta": config.rope_theta, "dtype": "float32",
         "attention_bias": False, "mlp_bias": False,
+        "bos_token_id": config.start_id if config.start_id is not None and config.start_id < config.num_tokens else None,
     }
     if rope["rope_type"] != "default":
         out["rope_scaling"] = dict(rope)

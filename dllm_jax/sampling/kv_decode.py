@@ -133,7 +133,7 @@ def ar_generate(graphdef, params, prompts, *, length: int, logits: Logits = Logi
         forced[b, : len(r)] = r
     indices = np.arange(len(rows)) if indices is None else np.asarray(indices)
     num_forced = jnp.asarray([len(r) for r in rows], jnp.int32)
-    bos = config.special.bos if bos_id is None else jnp.asarray(bos_id, jnp.int32)
+    bos = config.bos_input if bos_id is None else jnp.asarray(bos_id, jnp.int32)
     toks = np.asarray(ar_decode_program(graphdef, params, example_keys(seed, indices), jnp.asarray(forced),
                                        bos, logits, num_forced))
     all_stops = stops + (((int(eos_id),),) if eos_id is not None else ())

@@ -16,12 +16,14 @@ import jax
 import numpy as np
 
 from dllm_jax.checkpoint import Checkpointer
-from dllm_jax.config import ExperimentConfig, special_ids
+from dllm_jax.config import DataConfig, ExperimentConfig, NoiseConfig, TrainConfig, special_ids
 from dllm_jax.data.corpus import make_source
+from dllm_jax.data.hf_tokenizer import TOKENIZER_FILE, HFTokenizer, load_tokenizer
 from dllm_jax.data.tokenizer import Tokenizer
 from dllm_jax.diffusion import make_objective
 from dllm_jax.evaluation.quality import Judge, judge_from_model
 from dllm_jax.files import read_json, write_atomic
+from dllm_jax.nn.convert import is_hf_folder, load_hf, read_config
 from dllm_jax.nn.model import abstract_model
 from dllm_jax.sharding import make_mesh
 from dllm_jax.training.state import TrainState, create_train_state
@@ -106,15 +108,22 @@ def _jsonable(v):
     return json.loads(json.dumps(v))
 
 
-def load_or_train_tokenizer(exp: ExperimentConfig, run_dir: Path, source: Path | None = None) -> Tokenizer:
-    """The run's tokenizer: ``data.tokenizer`` if set, else the run's own ``tokenizer.model``,
-    else (a new run initialised from ``source``) a copy of the source run's, else trained
-    on the corpus."""
+def load_or_train_tokenizer(exp: ExperimentConfig, run_dir: Path, source: Path | None = None):
+    """The run's tokenizer: ``data.tokenizer`` if set, else the run's own ``tokenizer.model``
+    (or ``tokenizer.json``), else (a new run initialised from ``source``, a run or a Hugging
+    Face folder) a copy of the source's, else trained on the corpus."""
     stored = run_dir / "tokenizer.model"
+    n = exp.model.num_tokens
     if exp.data.tokenizer:
-        tok = Tokenizer.load(exp.data.tokenizer)
+        tok = load_tokenizer(exp.data.tokenizer, n)
     elif stored.exists():
         tok = Tokenizer.load(stored)
+    elif (run_dir / TOKENIZER_FILE).exists():
+        tok = HFTokenizer.load(run_dir, n)
+    elif source is not None and (source / TOKENIZER_FILE).exists() and is_hf_folder(source):
+        tok = HFTokenizer.load(source, n)
+        if jax.process_index() == 0:
+            tok.save_hf(run_dir)  # the tokenizer its weights know
     elif source is not None and (source / "tokenizer.model").exists() and jax.process_index() == 0:
         write_atomic(stored, (source / "tokenizer.model").read_bytes())  # the pieces its weights know
         tok = Tokenizer.load(stored)
@@ -138,6 +147,8 @@ def load_run(run_dir: str | Path, step: int | None = None, use_ema: bool = True)
     Raises a clear error for a directory without a config or without a usable checkpoint.
     """
     run_dir = Path(run_dir)
+    if is_hf_folder(run_dir) and not (run_dir / "checkpoints").is_dir():
+        return _load_hf_folder(run_dir)
     config_file = run_dir / "config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
@@ -158,6 +169,54 @@ def load_run(run_dir: str | Path, step: int | None = None, use_ema: bool = True)
     return exp, graphdef, params, tok, make_objective(exp.noise, exp.model.num_tokens, exp.model), int(meta["step"])
 
 
+def _load_hf_folder(folder: Path):
+    """``load_run`` of a Hugging Face folder: the imported model at step 0, as an AR model
+    (a causal one) or as the diffusion model its ``dllm_jax.json`` describes."""
+    model = read_config(folder)
+    process = "ar" if model.attention == "causal" else "masked"
+    exp = ExperimentConfig(name=folder.name, model=model, noise=NoiseConfig(process=process),
+                           data=DataConfig(vocab_size=model.num_tokens),
+                           train=TrainConfig(seq_len=min(TrainConfig().seq_len, model.max_len)))
+    imported = load_hf(folder, make_mesh(exp.mesh))
+    if imported.tokenizer is None:
+        raise FileNotFoundError(f"{folder}: no {TOKENIZER_FILE} (sampling and evaluation need the tokenizer)")
+    return exp, imported.graphdef, imported.params, imported.tokenizer, make_objective(exp.noise, model.num_tokens,
+                                                                                      model), 0
+
+
+def experiment_for_model(exp: ExperimentConfig, model) -> ExperimentConfig:
+    """``exp`` with ``model`` as its backbone: the data section follows its vocabulary, an
+    AR process its causal attention (masked diffusion otherwise, unless ``exp`` names one)."""
+    process = "ar" if model.attention == "causal" else (exp.noise.process if exp.noise.process != "ar" else "masked")
+    noise = dataclasses.replace(exp.noise, process=process)
+    data = dataclasses.replace(exp.data, vocab_size=model.num_tokens)
+    seq_len = min(exp.train.seq_len, model.max_len)
+    return dataclasses.replace(exp, model=model, noise=noise, data=data,
+                               train=dataclasses.replace(exp.train, seq_len=seq_len))
+
+
+# Fields of the run's own model config kept when the backbone comes from a Hugging Face
+# folder: they change no parameter shape (time conditioning adds fresh layers).
+_KEPT_FROM_RUN = ("attention", "block_size", "shift", "context_attention", "dtype", "remat", "max_len",
+                  "time_conditioning", "time_embed_dim")
+
+
+def init_from_hf(exp: ExperimentConfig, folder: str | Path) -> ExperimentConfig:
+    """``exp`` set to start from the Hugging Face folder ``folder``: the backbone's sizes
+    come from the folder, the attention kind, block size, shift, dtype, max_len and time
+    conditioning from ``exp.model``; ``train.init_from`` names the folder.
+
+    The tokenizer is the folder's (copied into the run directory when the run starts).
+    """
+    folder = Path(folder)
+    if not is_hf_folder(folder):
+        raise FileNotFoundError(f"{folder} is not a Hugging Face model folder (config.json + model.safetensors "
+                                "or model.safetensors.index.json)")
+    model = dataclasses.replace(read_config(folder), **{f: getattr(exp.model, f) for f in _KEPT_FROM_RUN})
+    exp = experiment_for_model(dataclasses.replace(exp, data=dataclasses.replace(exp.data, tokenizer="")), model)
+    return dataclasses.replace(exp, train=dataclasses.replace(exp.train, init_from=str(folder)))
+
+
 def load_judge(run_dir, step: int | None = None, use_ema: bool = True) -> Judge:
     """A causal (AR) model from a run directory (``load_run``).
 
@@ -166,7 +225,7 @@ def load_judge(run_dir, step: int | None = None, use_ema: bool = True) -> Judge:
     """
     exp, graphdef, params, tok, _, loaded_step = load_run(run_dir, step=step, use_ema=use_ema)
     ids = special_ids(exp.model.num_tokens)
-    return Judge(judge_from_model(graphdef, params), tok, tok.eos_id, ids.bos, ids.pad, loaded_step)
+    return Judge(judge_from_model(graphdef, params), tok, tok.eos_id, exp.model.bos_input, ids.pad, loaded_step)
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -185,12 +244,13 @@ def check_init_source(exp: ExperimentConfig) -> Path:
     be a run directory whose model has the parameter shapes of ``exp.model`` (new parameters
     of this model, e.g. time conditioning's, are allowed)."""
     source = Path(exp.train.init_from)
-    config = saved_config(source) if source.is_dir() else None
-    if config is None:
+    hf = is_hf_folder(source)
+    config = None if hf else saved_config(source) if source.is_dir() else None
+    if config is None and not hf:
         raise FileNotFoundError(f"TrainConfig.init_from={str(source)!r} is not a run directory (no config.json "
-                                "or checkpoint)")
+                                "or checkpoint) nor a Hugging Face folder (config.json + safetensors)")
     try:
-        src_model = ExperimentConfig.from_dict(config).model
+        src_model = read_config(source) if hf else ExperimentConfig.from_dict(config).model
     except (TypeError, ValueError) as e:
         raise ValueError(f"TrainConfig.init_from={str(source)!r}: its config is not valid: {e}") from None
     src = dict(jax.tree_util.tree_flatten_with_path(abstract_model(src_model)[1])[0])
@@ -214,7 +274,14 @@ def init_params(source: str | Path, state: TrainState, tok: Tokenizer) -> TrainS
     optimiser state is fresh (Adam's moments start at zero whatever the parameters).
     """
     source = Path(source)
-    src_exp, _, src_params, src_tok, _, src_step = load_run(source)
+    if is_hf_folder(source) and not (source / "checkpoints").is_dir():
+        mesh = jax.tree.leaves(state.params)[0].sharding.mesh
+        imported = load_hf(source, mesh, with_tokenizer=False)
+        src_params, src_step, what = imported.params, 0, f"Hugging Face {imported.config.attention} model"
+        src_tok = HFTokenizer.load(source, tok.num_tokens) if (source / TOKENIZER_FILE).exists() else tok
+    else:
+        src_exp, _, src_params, src_tok, _, src_step = load_run(source)
+        what = f"{src_exp.noise.process}, attention {src_exp.model.attention}"
     if src_tok.sha256 != tok.sha256:
         raise ValueError(f"TrainConfig.init_from={str(source)!r}: its tokenizer differs from this run's "
                          "(both must tokenize the same text the same way)")
@@ -228,14 +295,15 @@ def init_params(source: str | Path, state: TrainState, tok: Tokenizer) -> TrainS
             leaves.append(leaf)
         elif src[path].shape != leaf.shape:
             wrong.append(f"{name}: source {src[path].shape}, this model {leaf.shape}")
+        elif isinstance(src[path], jax.Array) and src[path].sharding == leaf.sharding:
+            leaves.append(src[path].astype(leaf.dtype))  # imported straight into this sharding
         else:
             leaves.append(jax.device_put(np.asarray(src[path], leaf.dtype), leaf.sharding))
     if wrong:  # check_init_source catches this before a run writes anything
         raise ValueError(f"TrainConfig.init_from={str(source)!r} has parameters of other shapes:\n  "
                          + "\n  ".join(wrong))
     params = jax.tree.unflatten(jax.tree.structure(state.params), leaves)
-    _say(f"initialised from {source} (step {src_step}, {src_exp.noise.process}, attention "
-         f"{src_exp.model.attention}): {len(leaves) - len(fresh)} parameter arrays copied"
+    _say(f"initialised from {source} (step {src_step}, {what}): {len(leaves) - len(fresh)} parameter arrays copied"
          + (f", {len(fresh)} new ones kept at their initialisation ({', '.join(fresh[:4])}"
             f"{', ...' if len(fresh) > 4 else ''})" if fresh else ""))
     ema = None if state.ema is None else jax.tree.map(lambda p: p.copy(), params)

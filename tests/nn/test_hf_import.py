@@ -144,6 +144,9 @@ def test_tokenizer_ids_equal_transformers(folders):
     assert ours.encode_batch(texts) == [ours.encode(t) for t in texts]
     assert ours.eos_id == theirs.eos_token_id == 0
     assert ours.decode(ours.encode("ab") + [VOCAB, VOCAB + 2]) == "ab"  # our pad / mask are dropped
+    lengths = ours.utf8_lengths()  # bits per byte: a text's bytes are the sum over its ids
+    for text in texts:
+        assert lengths[ours.encode(text)].sum() == len(text.encode()) - text.count("<|endoftext|>") * 13
     import pickle
 
     assert pickle.loads(pickle.dumps(ours)) == ours
