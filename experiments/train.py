@@ -8,10 +8,10 @@ model.attention=block_causal model.block_size=4 ...`` adapts the model).
 
 from __future__ import annotations
 
-from dllm_jax.training.distributed import maybe_initialize_distributed
 import dataclasses
 
 from dllm_jax.nn.convert import is_hf_folder
+from dllm_jax.training.distributed import maybe_initialize_distributed
 from dllm_jax.training.loop import train
 from dllm_jax.training.run_dir import init_from_hf
 from experiments import configs

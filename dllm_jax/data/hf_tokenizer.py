@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer as _Backend
 
+from dllm_jax.data.tokenizer import Tokenizer
 from dllm_jax.files import read_json, write_atomic
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -188,8 +189,6 @@ def config_eos_id(folder: str | os.PathLike) -> int | None:
 def load_tokenizer(path: str | os.PathLike, num_tokens: int | None = None):
     """Our sentencepiece ``Tokenizer`` for a ``.model`` file, an ``HFTokenizer`` for a
     ``tokenizer.json`` (or a folder holding one)."""
-    from dllm_jax.data.tokenizer import Tokenizer
-
     path = Path(path)
     if path.is_dir() or path.suffix == ".json":
         return HFTokenizer.load(path, num_tokens)

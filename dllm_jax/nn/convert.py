@@ -44,7 +44,6 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from dllm_jax.config import ModelConfig
-from dllm_jax.data.hf_tokenizer import HFTokenizer, config_eos_id
 from dllm_jax.files import read_json, write_atomic
 from dllm_jax.nn.model import abstract_model, param_shardings
 
@@ -294,14 +293,12 @@ def _check_shapes(weights: _Weights, config: ModelConfig, layout) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class HFModel:
-    """An imported folder: our config, the graph definition, the sharded parameters, and the
-    tokenizer (``None`` when the folder has no ``tokenizer.json``)."""
+    """An imported folder: our config, the graph definition and the sharded parameters (the
+    tokenizer is ``dllm_jax.data.hf_tokenizer.HFTokenizer.load(folder, config.num_tokens)``)."""
 
     config: ModelConfig
     graphdef: object
     params: nnx.State
-    tokenizer: object | None
-    eos_id: int | None
 
 
 def read_config(folder: str | os.PathLike, **overrides) -> ModelConfig:
@@ -327,7 +324,7 @@ def read_config(folder: str | os.PathLike, **overrides) -> ModelConfig:
     return config
 
 
-def load_hf(folder: str | os.PathLike, mesh: Mesh, *, with_tokenizer: bool = True, **overrides) -> HFModel:
+def load_hf(folder: str | os.PathLike, mesh: Mesh, **overrides) -> HFModel:
     """Import an HF Llama / Qwen2 folder: parameters read straight into their shardings on ``mesh``.
 
     ``overrides`` replace ``ModelConfig`` fields that change no parameter shape (e.g.
@@ -354,10 +351,7 @@ def load_hf(folder: str | os.PathLike, mesh: Mesh, *, with_tokenizer: bool = Tru
                 else _whole_reader(weights, template, to_ours)
         arrays[name] = jax.make_array_from_callback(shape, var.get_value(), _memo(read))
     params = nnx.from_flat_state({tuple(k.split(".")): shardings[k].replace(arrays[k]) for k in shardings})
-    tok = None
-    if with_tokenizer and (folder / "tokenizer.json").is_file():
-        tok = HFTokenizer.load(folder, num_tokens=config.num_tokens)
-    return HFModel(config, graphdef, params, tok, tok.eos_id if tok is not None else config_eos_id(folder))
+    return HFModel(config, graphdef, params)
 
 
 def _memo(read):
@@ -456,7 +450,7 @@ def export_hf(folder: str | os.PathLike, config: ModelConfig, params, tokenizer=
         save_file({"embed.special_rows": np.ascontiguousarray(specials)}, str(tmp / EXTRA_FILE))
         write_atomic(tmp / "config.json", json.dumps(hf_config, indent=2))
         write_atomic(tmp / OURS_FILE, json.dumps(dataclasses.asdict(config), indent=2))
-        if tokenizer is not None:
+        if tokenizer is not None:  # an HFTokenizer (dllm_jax.data.hf_tokenizer)
             tokenizer.save_hf(tmp)
         if folder.exists():
             shutil.rmtree(folder)

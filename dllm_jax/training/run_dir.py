@@ -177,11 +177,11 @@ def _load_hf_folder(folder: Path):
     exp = ExperimentConfig(name=folder.name, model=model, noise=NoiseConfig(process=process),
                            data=DataConfig(vocab_size=model.num_tokens),
                            train=TrainConfig(seq_len=min(TrainConfig().seq_len, model.max_len)))
-    imported = load_hf(folder, make_mesh(exp.mesh))
-    if imported.tokenizer is None:
+    if not (folder / TOKENIZER_FILE).is_file():
         raise FileNotFoundError(f"{folder}: no {TOKENIZER_FILE} (sampling and evaluation need the tokenizer)")
-    return exp, imported.graphdef, imported.params, imported.tokenizer, make_objective(exp.noise, model.num_tokens,
-                                                                                      model), 0
+    tok = HFTokenizer.load(folder, model.num_tokens)
+    imported = load_hf(folder, make_mesh(exp.mesh))
+    return exp, imported.graphdef, imported.params, tok, make_objective(exp.noise, model.num_tokens, model), 0
 
 
 def experiment_for_model(exp: ExperimentConfig, model) -> ExperimentConfig:
@@ -276,7 +276,7 @@ def init_params(source: str | Path, state: TrainState, tok: Tokenizer) -> TrainS
     source = Path(source)
     if is_hf_folder(source) and not (source / "checkpoints").is_dir():
         mesh = jax.tree.leaves(state.params)[0].sharding.mesh
-        imported = load_hf(source, mesh, with_tokenizer=False)
+        imported = load_hf(source, mesh)
         src_params, src_step, what = imported.params, 0, f"Hugging Face {imported.config.attention} model"
         src_tok = HFTokenizer.load(source, tok.num_tokens) if (source / TOKENIZER_FILE).exists() else tok
     else:

@@ -19,12 +19,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
+from hf_models import build_folder, hf_logits  # noqa: E402
 
 from dllm_jax.config import MeshConfig  # noqa: E402
 from dllm_jax.nn import apply_model  # noqa: E402
 from dllm_jax.nn.convert import load_hf  # noqa: E402
 from dllm_jax.sharding import batch_sharding, logical_axes, logical_to_spec, make_mesh  # noqa: E402
-from hf_models import build_folder, hf_logits  # noqa: E402
 
 
 def main():

@@ -28,6 +28,7 @@ from dllm_jax.nn.convert import export_hf, load_hf, read_config  # noqa: E402
 from dllm_jax.sampling.draws import Logits  # noqa: E402
 from dllm_jax.sampling.kv_decode import ar_generate  # noqa: E402
 from dllm_jax.sharding import make_mesh  # noqa: E402
+from dllm_jax.training.run_dir import load_run  # noqa: E402
 
 VOCAB = 320
 CASES = [("llama", False), ("llama", True), ("qwen2", False), ("qwen2", True)]
@@ -96,7 +97,8 @@ def test_rope_scaling_equals_transformers(tmp_path, mesh, rope):
 def test_greedy_kv_cache_decoding_equals_transformers_generate(folders, mesh, kind, tie):
     folder, model = folders[kind, tie]
     imported = load_hf(folder, mesh)
-    prompts = [imported.tokenizer.encode(t) for t in ("def load_hf(folder", "import jax", "x")]
+    tok = HFTokenizer.load(folder, VOCAB)
+    prompts = [tok.encode(t) for t in ("def load_hf(folder", "import jax", "x")]
     gen = ar_generate(imported.graphdef, imported.params, prompts, length=24, logits=Logits(top_k=1),
                       prompt_starts=True)
     for prompt, ours in zip(prompts, gen.completions(), strict=True):
@@ -111,7 +113,7 @@ def test_export_loads_in_transformers_with_the_same_logits(folders, mesh, tokens
     folder, _ = folders[kind, tie]
     imported = load_hf(folder, mesh)
     ours = np.asarray(_forward(imported.graphdef, imported.params, jnp.asarray(tokens)))
-    out = export_hf(tmp_path / "exported", imported.config, imported.params, imported.tokenizer,
+    out = export_hf(tmp_path / "exported", imported.config, imported.params, HFTokenizer.load(folder, VOCAB),
                     max_shard_bytes=40_000)  # several shards + an index
     assert (out / "model.safetensors.index.json").is_file() and len(list(out.glob("model-*.safetensors"))) > 1
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
@@ -120,7 +122,7 @@ def test_export_loads_in_transformers_with_the_same_logits(folders, mesh, tokens
     assert again.config == imported.config
     for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(imported.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert again.tokenizer == imported.tokenizer
+    assert HFTokenizer.load(out, VOCAB) == HFTokenizer.load(folder, VOCAB)
 
 
 def test_export_keeps_an_adapted_models_config(folders, mesh, tmp_path):
@@ -159,7 +161,8 @@ def test_tokenizer_ids_equal_transformers(folders):
 def sharded_copy(folders, mesh, tmp_path):
     folder, _ = folders["llama", False]
     imported = load_hf(folder, mesh)
-    return export_hf(tmp_path / "copy", imported.config, imported.params, imported.tokenizer, max_shard_bytes=40_000)
+    return export_hf(tmp_path / "copy", imported.config, imported.params, HFTokenizer.load(folder, VOCAB),
+                     max_shard_bytes=40_000)
 
 
 def test_missing_shard_is_named(sharded_copy, mesh):
@@ -209,9 +212,13 @@ def test_unsupported_configs_are_refused(sharded_copy, mesh, changes, message):
 def test_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path, mesh):
     folder = tmp_path / "small"
     build_folder(folder, "llama", vocab=200)  # the tokenizer has 300 tokens
-    with pytest.raises(ValueError, match=r"tokenizer.json: the tokenizer has 300 tokens but the model's "
-                                         r"vocabulary has 200"):
-        load_hf(folder, mesh)
+    before = _listing(folder)
+    message = r"tokenizer.json: the tokenizer has 300 tokens but the model's vocabulary has 200"
+    with pytest.raises(ValueError, match=message):
+        HFTokenizer.load(folder, read_config(folder).num_tokens)
+    with pytest.raises(ValueError, match=message):  # what sample / evaluate / train --init_from run
+        load_run(folder)
+    assert _listing(folder) == before
 
 
 def test_export_never_replaces_a_folder(sharded_copy, mesh):

@@ -11,7 +11,9 @@ import pytest
 
 pytest.importorskip("torch")  # the test extra installs torch + transformers
 import torch  # noqa: E402
+from hf_models import build_folder  # noqa: E402
 
+from dllm_jax.data.hf_tokenizer import HFTokenizer  # noqa: E402
 from dllm_jax.nn.convert import load_hf  # noqa: E402
 from dllm_jax.sharding import make_mesh  # noqa: E402
 from dllm_jax.training.loop import eval_batches, load_run, train, with_overrides  # noqa: E402
@@ -21,7 +23,6 @@ from experiments import block_study, configs  # noqa: E402
 from experiments import evaluate as evaluate_cli  # noqa: E402
 from experiments import sample as sample_cli  # noqa: E402
 from experiments import train as train_cli  # noqa: E402
-from hf_models import build_folder  # noqa: E402
 
 SHORT = {"train": {"steps": 2, "batch_size": 4, "seq_len": 32},
          "loop": {"eval_every": 2, "checkpoint_every": 2, "eval_batches": 1, "sample_length": 16, "num_samples": 2}}
@@ -41,7 +42,7 @@ def test_block_diffusion_adapted_from_a_hf_folder_starts_from_its_weights(folder
     assert exp.model.qkv_bias and exp.model.tie_embeddings and exp.model.num_tokens == 320
     imported = load_hf(path, make_mesh(exp.mesh))
     graphdef, state, _ = create_train_state(exp.model, exp.train, make_mesh(exp.mesh))
-    state = init_params(path, state, imported.tokenizer)
+    state = init_params(path, state, HFTokenizer.load(path, 320))
     for a, b in zip(jax.tree.leaves(imported.params), jax.tree.leaves(state.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     result = train(exp, tmp_path / "adapted", verbose=False)
