@@ -35,6 +35,8 @@ from dllm_jax.sharding import make_mesh
         ("time_embed_dim", -1),
         ("vocab_multiple", 0),
         ("mlp_dim", 0),
+        ("num_kv_heads", 0),
+        ("rope_original_max_len", 0),
         ("num_layers", 2.0),  # not an integer
         ("num_layers", True),  # bool is not a size
     ],
@@ -59,6 +61,23 @@ def test_model_config_needs_two_ordinary_tokens():
 def test_heads_must_divide_width():
     with pytest.raises(ValueError, match=r"num_heads=5 must divide d_model=32"):
         ModelConfig(num_tokens=11, d_model=32, num_heads=5)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"num_kv_heads": 3}, r"num_kv_heads=3 must divide num_heads=4"),
+    ({"norm_eps": 0.0}, r"norm_eps must be > 0, got 0.0"),
+    ({"rope_scaling": "yarn"}, r"rope_scaling must be one of .*got 'yarn'"),
+    ({"rope_factor": 0.5}, r"rope_factor must be >= 1, got 0.5"),
+    ({"rope_low_freq_factor": 4.0, "rope_high_freq_factor": 1.0}, r"0 < rope_low_freq_factor < rope_high_freq_factor"),
+    ({"start_id": 14}, r"start_id=14 must be a token id in \[0, 14\)"),
+    ({"qkv_bias": 1}, r"qkv_bias must be True or False"),
+])
+def test_checkpoint_family_fields_are_checked(changes, message):
+    """The fields Llama / Qwen2 need (GQA, norm epsilon, rope scaling, start token)."""
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(num_tokens=11, d_model=32, num_heads=4, **changes)
+    config = ModelConfig(num_tokens=11, d_model=32, num_heads=4, num_kv_heads=2, start_id=13)
+    assert (config.kv_heads, config.bos_input, ModelConfig(num_tokens=11).bos_input) == (2, 13, 12)
 
 
 def test_head_dim_must_be_even():
