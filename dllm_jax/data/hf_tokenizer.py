@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer as _Backend
 
-from dllm_jax.data.tokenizer import Tokenizer
+from dllm_jax.data.tokenizer import Tokenizer, TokenizerBase
 from dllm_jax.files import read_json, write_atomic
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 
 
-class HFTokenizer:
+class HFTokenizer(TokenizerBase):
     """A ``tokenizers`` model held as its JSON text; pickles as the text.
 
     Attributes:
@@ -99,12 +99,6 @@ class HFTokenizer:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["json_text"], state["num_tokens"], state["eos_id"])
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, HFTokenizer) and other.sha256 == self.sha256
-
-    def __hash__(self) -> int:
-        return hash(self.sha256)
-
     def __repr__(self) -> str:
         return f"HFTokenizer(num_tokens={self.num_tokens}, eos_id={self.eos_id}, sha256={self.sha256[:12]}...)"
 
@@ -122,10 +116,6 @@ class HFTokenizer:
         """Fingerprint of the file, the vocabulary size and the eos id."""
         key = f"{self._num_tokens}:{self._eos_id}:".encode() + self.json_text.encode()
         return hashlib.sha256(key).hexdigest()
-
-    def encode(self, text: str) -> list[int]:
-        """Ids of ``text``; no special tokens added."""
-        return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         for text in texts:
@@ -156,9 +146,7 @@ class HFTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; ids the file does not know (our pad/bos/mask, padding rows) are dropped."""
-        ids = [int(i) for i in ids]
-        if any(i < 0 for i in ids):
-            raise ValueError(f"token ids must be >= 0, got {min(ids)}")
+        ids = self.checked_ids(ids)
         return self._backend.decode([i for i in ids if i < self.file_tokens], skip_special_tokens=False)
 
 

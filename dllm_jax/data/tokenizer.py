@@ -43,7 +43,35 @@ def _training_lines(texts: Iterable[str]) -> Iterator[str]:
                 yield line[start : start + _MAX_LINE_CHARS]
 
 
-class Tokenizer:
+class TokenizerBase:
+    """What every tokenizer here shares: equality by fingerprint, ``encode`` of one text,
+    the id check of ``decode``. Subclasses define ``sha256``, ``encode_batch`` and ``decode``."""
+
+    sha256: str
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.sha256 == self.sha256
+
+    def __hash__(self) -> int:
+        return hash(self.sha256)
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of ``text``, all in ``[0, num_tokens)``; no bos/eos added."""
+        return self.encode_batch([text])[0]
+
+    @staticmethod
+    def checked_ids(ids: Iterable[int]) -> list[int]:
+        """``ids`` as ints (a list or a 1-D integer array); ``ValueError`` on a negative id."""
+        ids = [int(i) for i in ids]
+        if any(i < 0 for i in ids):
+            raise ValueError(f"token ids must be >= 0, got {min(ids)}")
+        return ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        raise NotImplementedError
+
+
+class Tokenizer(TokenizerBase):
     """A sentencepiece model held as bytes; the processor is built lazily on first use.
 
     Pickling stores only the serialized model (a few hundred KB), so the tokenizer can be
@@ -182,12 +210,6 @@ class Tokenizer:
         self.model_bytes = state["model_bytes"]
         self._sp = None
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Tokenizer) and other.model_bytes == self.model_bytes
-
-    def __hash__(self) -> int:
-        return hash(self.model_bytes)
-
     def __repr__(self) -> str:
         return f"Tokenizer(num_tokens={self.num_tokens}, sha256={self.sha256[:12]}...)"
 
@@ -212,10 +234,6 @@ class Tokenizer:
     def _mark_ids(self) -> list[int]:
         return [self.processor.piece_to_id(f"<0x{b:02X}>") for b in _WHITESPACE_MARK.encode()]
 
-    def encode(self, text: str) -> list[int]:
-        """Ids of ``text``, all in ``[0, num_tokens)``; no bos/eos added."""
-        return self.encode_batch([text])[0]
-
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """``encode`` for many texts at once."""
         for text in texts:
@@ -236,8 +254,6 @@ class Tokenizer:
 
         Accepts a list or a 1-D integer array. Raises ``ValueError`` on a negative id.
         """
-        ids = [int(i) for i in ids]
-        if any(i < 0 for i in ids):
-            raise ValueError(f"token ids must be >= 0, got {min(ids)}")
+        ids = self.checked_ids(ids)
         n = self.num_tokens
         return self.processor.decode([i for i in ids if i < n])

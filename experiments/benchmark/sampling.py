@@ -155,7 +155,7 @@ def measure_sampler(
         )
         compiled, compile_s = compile_timed(ar_decode_program, *args, options=setup.compiler_options)
         run_s, _ = median_time(
-            lambda: compiled(*args[1:4], args[6]), setup.warmup, setup.reps, setup.time_budget_s
+            lambda: compiled(*args[1:5], args[6]), setup.warmup, setup.reps, setup.time_budget_s
         )
         nfe = np.full((batch,), length)
         passes = [(costs.decode(cfg, batch, length), analytic_flops(cfg, batch, length), length)]
