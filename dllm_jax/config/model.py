@@ -84,6 +84,7 @@ class ModelConfig:
     rope_high_freq_factor: float = 4.0
     rope_original_max_len: int = 8192
     start_id: int | None = None
+    attention_impl: Literal["xla", "cudnn"] = "xla"
 
     def __post_init__(self):
         check_types(self)
@@ -106,6 +107,10 @@ class ModelConfig:
                 f"ModelConfig.start_id={self.start_id} must be a token id in [0, {self.num_tokens + NUM_SPECIAL_TOKENS})"
             )
         one_of(self, "rope_scaling", ("none", "linear", "llama3"))
+        one_of(self, "attention_impl", ("xla", "cudnn"))
+        if self.attention_impl == "cudnn" and self.dtype != "bfloat16":
+            raise ValueError("ModelConfig.attention_impl='cudnn' needs dtype='bfloat16' (cuDNN's fused attention "
+                             f"runs in half precision), got dtype={self.dtype!r}")
         if not number(self, "norm_eps") > 0:
             raise ValueError(f"ModelConfig.norm_eps must be > 0, got {self.norm_eps}")
         if not number(self, "rope_factor") >= 1:

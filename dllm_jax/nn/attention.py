@@ -75,10 +75,13 @@ class Attention(nnx.Module):
     """
 
     def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
-                 alibi: bool = False, num_kv_heads: int | None = None, qkv_bias: bool = False):
+                 alibi: bool = False, num_kv_heads: int | None = None, qkv_bias: bool = False,
+                 causal: bool = False, implementation: str = "xla"):
         head_dim = d_model // num_heads
         kv_heads = num_kv_heads or num_heads
         self.alibi = alibi
+        self.causal = causal  # a full pass given no mask attends causally (the structured mask)
+        self.implementation = implementation
         self.num_heads = num_heads
         q_axes, kv_axes = ("embed", "heads", "head_dim"), ("embed", "kv_heads", "head_dim")
         self.q = Linear(d_model, (num_heads, head_dim), q_axes, rngs=rngs, dtype=dtype, bias=qkv_bias)
@@ -91,7 +94,7 @@ class Attention(nnx.Module):
         """Self-attention of the L positions of ``x_BLD``; with a ``cache``, against it.
 
         Without a cache, keys and values are the positions' own, under ``mask`` ((L, L), or
-        (B, 1, L, L) per row). With this layer's ``cache`` (B, S, H, Dh), the positions'
+        (B, 1, L, L) per row; None: the model's own kind, causal or every position). With this layer's ``cache`` (B, S, H, Dh), the positions'
         keys and values are written at [start, start + L) first and the queries attend to
         the whole cache under ``mask`` ((B, L, S): the caller's structural mask and key
         validity). Returns out_BLD, or (out_BLD, the cache with the positions written).
@@ -101,13 +104,15 @@ class Attention(nnx.Module):
         v_BLHDh = self.v(x_BLD)
         q_BLHDh = constrain(q_BLHDh, "batch", "length", "act_heads", None)
         if cache is None:
-            out_BLHDh = attend(q_BLHDh, k_BLHDh, v_BLHDh, mask, self._bias(positions_BL, positions_BL))
+            out_BLHDh = attend(q_BLHDh, k_BLHDh, v_BLHDh, mask, self._bias(positions_BL, positions_BL),
+                               is_causal=self.causal and mask is None, implementation=self.implementation)
             return self.o(out_BLHDh)
         at = (0, start, 0, 0)
         k_BSHDh = jax.lax.dynamic_update_slice(cache.k, k_BLHDh.astype(cache.k.dtype), at)
         v_BSHDh = jax.lax.dynamic_update_slice(cache.v, v_BLHDh.astype(cache.v.dtype), at)
         k_pos_BS = jnp.broadcast_to(jnp.arange(k_BSHDh.shape[1]), k_BSHDh.shape[:2])
-        out_BLHDh = attend(q_BLHDh, k_BSHDh, v_BSHDh, mask[:, None], self._bias(positions_BL, k_pos_BS))
+        out_BLHDh = attend(q_BLHDh, k_BSHDh, v_BSHDh, mask[:, None], self._bias(positions_BL, k_pos_BS),
+                           implementation=self.implementation)
         return self.o(out_BLHDh), KVCache(k_BSHDh, v_BSHDh)
 
     def _bias(self, q_pos_BL, k_pos_BS):
@@ -144,21 +149,39 @@ def alibi_bias(num_heads: int, q_pos_BL, k_pos_BS):
     return -jnp.asarray(alibi_slopes(num_heads), jnp.float32)[None, :, None, None] * dist_BLS[:, None]
 
 
-def attend(q_BLHDh, k_BSGDh, v_BSGDh, mask_LS, bias_BHLS=None):
-    """Scaled dot-product attention with a boolean mask (and an optional additive bias),
-    logits and softmax in float32. Keys and values may have fewer heads G than the H
-    queries (grouped-query attention: G divides H, query head h reads kv head h // (H/G))."""
+def attend(q_BLHDh, k_BSGDh, v_BSGDh, mask_LS=None, bias_BHLS=None, *, is_causal: bool = False,
+           implementation: str = "xla"):
+    """Scaled dot-product attention through ``jax.nn.dot_product_attention``: logits and
+    softmax in float32, a boolean mask ((L, S), or (B, 1, L, S) per row; None = every key),
+    ``is_causal`` the structured causal mask (no (L, S) array: what fused kernels take), an
+    optional additive bias. Keys and values may have fewer heads G than the H queries
+    (grouped-query attention: G divides H, query head h reads kv head h // (H/G)).
+    ``implementation``: ``xla`` (CPU, TPU, any GPU) or ``cudnn`` (NVIDIA's fused kernel:
+    bf16/fp16, GPU only). Equal to ``attend_reference``."""
+    mask = None if mask_LS is None else jnp.asarray(mask_LS)
+    if mask is not None and mask.ndim < 4:
+        mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+    return jax.nn.dot_product_attention(q_BLHDh, k_BSGDh, v_BSGDh, bias=bias_BHLS, mask=mask, is_causal=is_causal,
+                                        implementation=implementation)
+
+
+def attend_reference(q_BLHDh, k_BSGDh, v_BSGDh, mask_LS=None, bias_BHLS=None, *, is_causal: bool = False,
+                     implementation: str = "xla"):
+    """The plain einsum-softmax attention ``attend`` must equal (the tests' reference;
+    ``implementation`` is ignored)."""
     B, L, H, Dh = q_BLHDh.shape
-    G = k_BSGDh.shape[2]
-    scale = Dh ** -0.5
+    S, G = k_BSGDh.shape[1], k_BSGDh.shape[2]
     q_BLGRDh = q_BLHDh.reshape(B, L, G, H // G, Dh)
     logits = jnp.einsum("blgrk,bsgk->bgrls", q_BLGRDh, k_BSGDh, preferred_element_type=jnp.float32)
-    logits_BHLS = logits.reshape(B, H, L, -1) * scale
+    logits_BHLS = logits.reshape(B, H, L, S) * Dh ** -0.5
     if bias_BHLS is not None:
         logits_BHLS = logits_BHLS + bias_BHLS
-    logits_BHLS = jnp.where(mask_LS, logits_BHLS, jnp.finfo(jnp.float32).min)
+    if is_causal:
+        mask_LS = attention_mask("causal", L, S)
+    if mask_LS is not None:
+        logits_BHLS = jnp.where(mask_LS, logits_BHLS, jnp.finfo(jnp.float32).min)
     probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(v_BSGDh.dtype)
-    probs_BGRLS = probs_BHLS.reshape(B, G, H // G, L, -1)
+    probs_BGRLS = probs_BHLS.reshape(B, G, H // G, L, S)
     return jnp.einsum("bgrls,bsgk->blgrk", probs_BGRLS, v_BSGDh).reshape(B, L, H, Dh)
 
 

@@ -45,7 +45,8 @@ class Block(nnx.Module):
         self.attn_norm = RMSNorm(d, rngs=rngs, eps=config.norm_eps)
         self.attn = Attention(d, config.num_heads, rngs=rngs, dtype=dtype,
                               alibi=config.attention_bias == "alibi", num_kv_heads=config.kv_heads,
-                              qkv_bias=config.qkv_bias)
+                              qkv_bias=config.qkv_bias, causal=config.attention == "causal",
+                              implementation=config.attention_impl)
         self.mlp_norm = RMSNorm(d, rngs=rngs, eps=config.norm_eps)
         self.mlp = SwiGLU(d, config.hidden_dim, rngs=rngs, dtype=dtype)
         self.modulation = (
@@ -133,10 +134,13 @@ class Transformer(nnx.Module):
         self._check_length(L)
         if positions_BL is None:
             positions_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
-        mask_LS = attention_mask(config.attention, L, L, config.block_size)
+        # causal / bidirectional: no mask array (the structured causal flag, or none at all)
+        mask_LS = None if config.attention != "block_causal" else attention_mask(config.attention, L, L,
+                                                                                 config.block_size)
         if causal_B is not None:
             causal_LS = attention_mask("causal", L, L)
-            mask_LS = jnp.where(causal_B[:, None, None, None], causal_LS, mask_LS)  # (B, 1, L, S)
+            full_LS = attention_mask(config.attention, L, L, config.block_size)
+            mask_LS = jnp.where(causal_B[:, None, None, None], causal_LS, full_LS)  # (B, 1, L, S)
         cond_BC = self._condition(t_B, B)
         x_BLD = self._layers(x_BLD, mask_LS, positions_BL, cond_BC)
         return self._aligned(self._logits(x_BLD, cond_BC))
