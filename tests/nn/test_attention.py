@@ -33,16 +33,16 @@ def _masks():
     }
 
 
-@pytest.mark.parametrize("kv_heads", [4, 2, 1])
-@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-6), (jnp.bfloat16, 2e-2)])
-@pytest.mark.parametrize("mask", list(_masks()))
-def test_attend_equals_the_reference(kv_heads, dtype, tol, mask):
-    kwargs = _masks()[mask]
-    k_len = L if mask == "causal_flag" else S
-    q, k, v = _qkv(kv_heads, dtype, k_len=k_len)
-    got = np.asarray(attend(q, k, v, **kwargs), np.float32)
-    want = np.asarray(attend_reference(q, k, v, **kwargs), np.float32)
-    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+@pytest.mark.parametrize("kv_heads,dtype,tol", [(4, jnp.float32, 2e-6), (2, jnp.float32, 2e-6),
+                                                (1, jnp.float32, 2e-6), (2, jnp.bfloat16, 2e-2)])
+def test_attend_equals_the_reference(kv_heads, dtype, tol):
+    """Multi-head, grouped (2 queries per kv head) and multi-query (1 kv head), every mask form."""
+    for mask, kwargs in _masks().items():
+        k_len = L if mask == "causal_flag" else S
+        q, k, v = _qkv(kv_heads, dtype, k_len=k_len)
+        got = np.asarray(jax.jit(lambda q, k, v, kw=kwargs: attend(q, k, v, **kw))(q, k, v), np.float32)
+        want = np.asarray(attend_reference(q, k, v, **kwargs), np.float32)
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=mask)
 
 
 def test_alibi_bias_and_gradients_equal_the_reference():
