@@ -67,9 +67,6 @@ class TokenizerBase:
             raise ValueError(f"token ids must be >= 0, got {min(ids)}")
         return ids
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        raise NotImplementedError
-
 
 class Tokenizer(TokenizerBase):
     """A sentencepiece model held as bytes; the processor is built lazily on first use.
