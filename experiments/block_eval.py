@@ -70,17 +70,7 @@ def speed_and_quality(diffusion_dir, ar_dir, *, judge_dir=None, length: int = 12
     fast = diffusion_records(d_graphdef, d_params, {thr["rule"]: rules[thr["rule"]]}, [thr["num_steps"]],
                              block_size=blk, cache="exact", log=log, **one)[0]
     ar_one = ar_records(a_graphdef, a_params, [1.0], log=log, **one)[0]
-    summary = {
-        "block_size": blk, "length": length, "threshold_rule": thr["rule"], "steps_per_block": thr["num_steps"],
-        "within_tolerance": bool(fits),
-        "threshold_passes_per_token": thr["passes_per_token"],
-        "one_per_step_passes_per_token": base["passes_per_token"],
-        "threshold_gen_ppl": thr["gen_ppl"], "one_per_step_gen_ppl": base["gen_ppl"],
-        "gen_ppl_change": thr["gen_ppl"] / base["gen_ppl"] - 1.0,
-        "threshold_entropy": thr["entropy"], "ar_gen_ppl_at_threshold_entropy": thr["ar_gen_ppl_at_entropy"],
-        "batch1_tokens_per_s": fast["tokens_per_s"], "ar_batch1_tokens_per_s": ar_one["tokens_per_s"],
-        "batch1_speed_ratio": fast["tokens_per_s"] / ar_one["tokens_per_s"],
-    }
+    summary = _summary(blk, length, thr, base, fast, ar_one, bool(fits))
     log(f"{thr['rule']}, K={thr['num_steps']} per block: {summary['threshold_passes_per_token']:.3f} passes per token (one per step "
         f"{summary['one_per_step_passes_per_token']:.3f}) | gen ppl {thr['gen_ppl']:.1f} vs {base['gen_ppl']:.1f} "
         f"({100 * summary['gen_ppl_change']:+.1f}%) | AR gen ppl at the same entropy "
@@ -90,6 +80,22 @@ def speed_and_quality(diffusion_dir, ar_dir, *, judge_dir=None, length: int = 12
     return {"device": f"{device.platform}:{device.device_kind}", "jax": jax.__version__,
             "diffusion": str(diffusion_dir), "ar": str(ar_dir), "judge": str(judge_dir or ar_dir),
             "summary": summary, "diffusion_records": diff, "ar_records": ar, "batch1": [fast, ar_one]}
+
+
+def _summary(blk, length, thr, base, fast, ar_one, within_tolerance: bool) -> dict:
+    """The summary of ``speed_and_quality``: the chosen threshold vs one token per step, and
+    batch-1 speed vs AR."""
+    return {
+        "block_size": blk, "length": length, "threshold_rule": thr["rule"], "steps_per_block": thr["num_steps"],
+        "within_tolerance": within_tolerance,
+        "threshold_passes_per_token": thr["passes_per_token"],
+        "one_per_step_passes_per_token": base["passes_per_token"],
+        "threshold_gen_ppl": thr["gen_ppl"], "one_per_step_gen_ppl": base["gen_ppl"],
+        "gen_ppl_change": thr["gen_ppl"] / base["gen_ppl"] - 1.0,
+        "threshold_entropy": thr["entropy"], "ar_gen_ppl_at_threshold_entropy": thr["ar_gen_ppl_at_entropy"],
+        "batch1_tokens_per_s": fast["tokens_per_s"], "ar_batch1_tokens_per_s": ar_one["tokens_per_s"],
+        "batch1_speed_ratio": fast["tokens_per_s"] / ar_one["tokens_per_s"],
+    }
 
 
 def rules_key(threshold: float) -> str:

@@ -20,6 +20,7 @@ from dllm_jax.checkpoint.layout import (
     NO_SUCH_STEP,
     damaged_name,
     nothing_message,
+    step_meta,
     step_numbers,
     step_problem,
     write_manifest,
@@ -200,20 +201,9 @@ class Checkpointer:
         step = operator.index(step)
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
-        if (
-            self._best_metric is not None
-            and metrics is not None
-            and self._best_metric not in metrics
-        ):
+        if self._best_metric is not None and metrics is not None and self._best_metric not in metrics:
             raise ValueError(f"metrics {sorted(metrics)} lack best_metric {self._best_metric!r}")
-        meta = {"format": FORMAT, "metadata": metadata, "leaves": describe(tree)}
-        try:
-            json.dumps(meta)
-            json.dumps(metrics)
-        except (TypeError, ValueError) as e:
-            raise TypeError(
-                f"checkpoint metadata and metrics must be JSON-serialisable: {e}"
-            ) from e
+        meta = step_meta(describe(tree), metadata, metrics)
         self._flush()
         if self._step_dir(step).exists() and (problem := self._problem(step)) is not None:
             self._set_aside(step, problem)

@@ -24,6 +24,18 @@ NO_SUCH_STEP = "no such step"
 DAMAGED_SUFFIX = ".damaged"  # a damaged step set aside by a new save of the same step
 
 
+def step_meta(leaves: dict, metadata: dict, metrics: dict | None) -> dict:
+    """The JSON a step stores beside its arrays; refused (nothing written) unless it and the
+    metrics are JSON-serialisable."""
+    meta = {"format": FORMAT, "metadata": metadata, "leaves": leaves}
+    try:
+        json.dumps(meta)
+        json.dumps(metrics)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"checkpoint metadata and metrics must be JSON-serialisable: {e}") from e
+    return meta
+
+
 def write_manifest(root: epath.Path) -> None:
     """Record the size of every file of the committed step directory ``root`` (atomically)."""
     sizes = {}

@@ -88,6 +88,13 @@ class ModelConfig:
 
     def __post_init__(self):
         check_types(self)
+        self._check_sizes()
+        self._check_rope()
+        self._check_attention()
+        self._check_numbers()
+
+    def _check_sizes(self):
+        """Vocabulary, widths, heads and the start token."""
         positive_int(
             self, "num_tokens", "max_len", "d_model", "num_layers", "num_heads",
             "block_size", "time_embed_dim", "vocab_multiple",
@@ -101,24 +108,9 @@ class ModelConfig:
                     f"ModelConfig.num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads} "
                     "(each group of query heads shares one key/value head)"
                 )
-        positive_int(self, "rope_original_max_len")
         if self.start_id is not None and not 0 <= self.start_id < self.num_tokens + NUM_SPECIAL_TOKENS:
             raise ValueError(
                 f"ModelConfig.start_id={self.start_id} must be a token id in [0, {self.num_tokens + NUM_SPECIAL_TOKENS})"
-            )
-        one_of(self, "rope_scaling", ("none", "linear", "llama3"))
-        one_of(self, "attention_impl", ("xla", "cudnn"))
-        if self.attention_impl == "cudnn" and self.dtype != "bfloat16":
-            raise ValueError("ModelConfig.attention_impl='cudnn' needs dtype='bfloat16' (cuDNN's fused attention "
-                             f"runs in half precision), got dtype={self.dtype!r}")
-        if not number(self, "norm_eps") > 0:
-            raise ValueError(f"ModelConfig.norm_eps must be > 0, got {self.norm_eps}")
-        if not number(self, "rope_factor") >= 1:
-            raise ValueError(f"ModelConfig.rope_factor must be >= 1, got {self.rope_factor}")
-        if not 0 < number(self, "rope_low_freq_factor") < number(self, "rope_high_freq_factor"):
-            raise ValueError(
-                "ModelConfig needs 0 < rope_low_freq_factor < rope_high_freq_factor, got "
-                f"{self.rope_low_freq_factor} and {self.rope_high_freq_factor}"
             )
         if self.num_tokens < 2:
             raise ValueError(
@@ -133,6 +125,27 @@ class ModelConfig:
                 f"head dim d_model/num_heads={self.d_model // self.num_heads} must be even "
                 "for rotary embeddings"
             )
+
+    def _check_rope(self):
+        """Rotary embeddings and their scaling."""
+        positive_int(self, "rope_original_max_len")
+        one_of(self, "rope_scaling", ("none", "linear", "llama3"))
+        if not number(self, "rope_factor") >= 1:
+            raise ValueError(f"ModelConfig.rope_factor must be >= 1, got {self.rope_factor}")
+        if not 0 < number(self, "rope_low_freq_factor") < number(self, "rope_high_freq_factor"):
+            raise ValueError(
+                "ModelConfig needs 0 < rope_low_freq_factor < rope_high_freq_factor, got "
+                f"{self.rope_low_freq_factor} and {self.rope_high_freq_factor}"
+            )
+        if not number(self, "rope_theta") > 0:
+            raise ValueError(f"ModelConfig.rope_theta must be > 0, got {self.rope_theta}")
+
+    def _check_attention(self):
+        """Attention kinds, implementation, shifted prediction."""
+        one_of(self, "attention_impl", ("xla", "cudnn"))
+        if self.attention_impl == "cudnn" and self.dtype != "bfloat16":
+            raise ValueError("ModelConfig.attention_impl='cudnn' needs dtype='bfloat16' (cuDNN's fused attention "
+                             f"runs in half precision), got dtype={self.dtype!r}")
         one_of(self, "attention", ATTENTION_KINDS)
         one_of(self, "dtype", DTYPES)
         one_of(self, "attention_bias", ("none", "alibi"))
@@ -142,17 +155,20 @@ class ModelConfig:
                 f"ModelConfig.context_attention={self.context_attention!r} is for block_causal models, "
                 f"got attention={self.attention!r}"
             )
-        if not number(self, "rope_theta") > 0:
-            raise ValueError(f"ModelConfig.rope_theta must be > 0, got {self.rope_theta}")
-        if not number(self, "embed_init_std") > 0:
-            raise ValueError(f"ModelConfig.embed_init_std must be > 0, got {self.embed_init_std}")
-        if not number(self, "head_init_scale") >= 0:
-            raise ValueError(f"ModelConfig.head_init_scale must be >= 0, got {self.head_init_scale}")
         if self.shift and self.attention == "causal":
             raise ValueError(
                 "ModelConfig.shift (Dream's shifted prediction) is for diffusion models "
                 "(bidirectional or block_causal), got attention='causal'"
             )
+
+    def _check_numbers(self):
+        """Norm epsilon and initialisation scales."""
+        if not number(self, "norm_eps") > 0:
+            raise ValueError(f"ModelConfig.norm_eps must be > 0, got {self.norm_eps}")
+        if not number(self, "embed_init_std") > 0:
+            raise ValueError(f"ModelConfig.embed_init_std must be > 0, got {self.embed_init_std}")
+        if not number(self, "head_init_scale") >= 0:
+            raise ValueError(f"ModelConfig.head_init_scale must be >= 0, got {self.head_init_scale}")
 
     @property
     def head_dim(self) -> int:

@@ -70,6 +70,12 @@ class NoiseConfig:
 
     def __post_init__(self):
         check_types(self)
+        self._check_kinds()
+        self._check_times()
+        self._check_ar_mix()
+
+    def _check_kinds(self):
+        """Process, schedule, weighting and the hybrid knob."""
         one_of(self, "process", PROCESS_KINDS)
         one_of(self, "schedule", SCHEDULE_KINDS)
         one_of(self, "time_distribution", TIME_DISTRIBUTIONS)
@@ -82,6 +88,9 @@ class NoiseConfig:
                 f"NoiseConfig.p_uniform={self.p_uniform} is the hybrid process's knob; set process='hybrid' "
                 f"(got process={self.process!r})"
             )
+
+    def _check_times(self):
+        """The schedule exponent, time ranges and the logit-normal time law."""
         for name in ("exponent", "t_min", "t_low", "t_high", "logit_mean", "logit_std", "ar_fraction"):
             number(self, name)
         if not self.exponent > 0:
@@ -102,6 +111,9 @@ class NoiseConfig:
             )
         if not self.logit_std > 0:
             raise ValueError(f"NoiseConfig.logit_std must be > 0, got {self.logit_std}")
+
+    def _check_ar_mix(self):
+        """The AR share of training (constant or annealed) and the AR objective."""
         if self.ar_fraction_end is None:
             if not 0 <= self.ar_fraction < 1:
                 raise ValueError(f"NoiseConfig.ar_fraction must be in [0, 1), got {self.ar_fraction}")

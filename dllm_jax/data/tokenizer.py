@@ -68,6 +68,35 @@ class TokenizerBase:
         return ids
 
 
+# sentencepiece settings that make the tokenizer lossless and deterministic (see ``train``)
+_TRAINER_OPTIONS = dict(
+    normalization_rule_name="identity",
+    add_dummy_prefix=False,
+    remove_extra_whitespaces=False,
+    split_by_whitespace=True,
+    allow_whitespace_only_pieces=True,
+    byte_fallback=True,
+    user_defined_symbols=list(_USER_SYMBOLS),
+    unk_id=0,
+    bos_id=1,
+    eos_id=2,
+    pad_id=-1,
+    input_sentence_size=0,
+    shuffle_input_sentence=False,
+    max_sentence_length=4 * _MAX_LINE_CHARS,
+    minloglevel=2,
+)
+
+
+def _sentences(texts: Iterable[str]):
+    """The non-empty training lines of ``texts``; an empty corpus is refused up front."""
+    lines = _training_lines(texts)
+    first = next((line for line in lines if line), None)
+    if first is None:
+        raise ValueError("cannot train a tokenizer on an empty corpus (no non-empty text)")
+    return (line for chain in ([first], lines) for line in chain if line)
+
+
 class Tokenizer(TokenizerBase):
     """A sentencepiece model held as bytes; the processor is built lazily on first use.
 
@@ -129,37 +158,13 @@ class Tokenizer(TokenizerBase):
             raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
         if not isinstance(vocab_size, int) or vocab_size < 1:
             raise ValueError(f"vocab_size must be a positive integer, got {vocab_size!r}")
-        lines = _training_lines(texts)
-        first = next((line for line in lines if line), None)
-        if first is None:
-            raise ValueError("cannot train a tokenizer on an empty corpus (no non-empty text)")
-        sentences = (line for chain in ([first], lines) for line in chain if line)
         buffer = io.BytesIO()
         spm.set_random_generator_seed(seed)
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=sentences,
-                model_writer=buffer,
-                vocab_size=vocab_size,
-                model_type=model_type,
-                character_coverage=character_coverage,
-                normalization_rule_name="identity",
-                add_dummy_prefix=False,
-                remove_extra_whitespaces=False,
-                split_by_whitespace=True,
-                allow_whitespace_only_pieces=True,
-                byte_fallback=True,
-                user_defined_symbols=list(_USER_SYMBOLS),
-                unk_id=0,
-                bos_id=1,
-                eos_id=2,
-                pad_id=-1,
-                input_sentence_size=0,
-                shuffle_input_sentence=False,
-                max_sentence_length=4 * _MAX_LINE_CHARS,
-                num_threads=num_threads,
-                minloglevel=2,
-            )
+                sentence_iterator=_sentences(texts), model_writer=buffer, vocab_size=vocab_size,
+                model_type=model_type, character_coverage=character_coverage, num_threads=num_threads,
+                **_TRAINER_OPTIONS)
         except RuntimeError as e:
             raise ValueError(
                 f"sentencepiece could not train a {model_type} model with vocab_size="

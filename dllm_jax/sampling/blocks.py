@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -81,6 +82,121 @@ class BlockDenoiser(abc.ABC):
         return self.chunk_logits(cache, tokens_BS, x_BC, start, jnp.ones(x_BC.shape[:1])), cache
 
 
+class _Carry(NamedTuple):
+    """The block scan's carry. ``pending_B`` (fused writes): rows whose previous block still
+    has to enter the cache."""
+
+    tokens_BS: jax.Array
+    cache: object
+    nfe_B: jax.Array
+    done_B: jax.Array
+    stop_end_B: jax.Array
+    stopped_B: jax.Array
+    pending_B: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class _BlockLoop:
+    """One block of ``run_blocks``: K steps of the rule (or nothing, for a fixed block), the
+    finished block's cache write, the stop check."""
+
+    denoiser: BlockDenoiser
+    plan: Plan
+    keys_B: jax.Array
+    fixed_BS: jax.Array
+    prompt_len_B: jax.Array
+    end_B: jax.Array
+    cached_blocks_B: jax.Array
+
+    @property
+    def fused(self) -> bool:
+        return self.denoiser.keeps_blocks and self.denoiser.fuses_writes
+
+    @property
+    def stops(self) -> tuple:
+        eos = ((self.plan.eos_id,),) if self.plan.eos_id is not None else ()
+        return self.plan.stops + eos
+
+    def body(self, carry: _Carry, j):
+        C = self.plan.block
+        start = j * C
+        chunk_BC = jax.lax.dynamic_slice_in_dim(carry.tokens_BS, start, C, axis=1)
+        fixed_BC = jax.lax.dynamic_slice_in_dim(self.fixed_BS, start, C, axis=1) | carry.done_B[:, None]
+        active_B = jnp.any(~fixed_BC, axis=1)
+        block_keys_B = jax.vmap(jax.random.fold_in, (0, None))(self.keys_B, j)
+        new_BC, used_B, cache = jax.lax.cond(
+            jnp.any(active_B), lambda c: self._steps(c, carry, chunk_BC, fixed_BC, start, block_keys_B),
+            lambda c: self._skip(c, carry, chunk_BC, start), carry.cache)
+        nfe_B = carry.nfe_B + jnp.where(active_B, used_B, 0)
+        tokens_BS = jax.lax.dynamic_update_slice_in_dim(carry.tokens_BS, new_BC, start, axis=1)
+        cache, nfe_B, pending_B = self._keep(carry, cache, nfe_B, new_BC, active_B, j, start)
+        done_B, stop_end_B, stopped_B = self._check_stops(carry, tokens_BS, start, active_B)
+        return _Carry(tokens_BS, cache, nfe_B, done_B, stop_end_B, stopped_B, pending_B), None
+
+    def _steps(self, carried, carry: _Carry, chunk_BC, fixed_BC, start, block_keys_B):
+        tokens_BS, C = carry.tokens_BS, self.plan.block
+        cache, extra = self.denoiser.refresh(carried, tokens_BS)  # (the refreshed cache is this block's only)
+        reuse, first_BCV = jnp.bool_(False), None
+        if self.fused:  # the previous block's write and this block's first logits in one pass
+            shape = jax.eval_shape(lambda c: self.denoiser.fused(c, tokens_BS, chunk_BC, start)[0], cache)
+            reuse = jnp.any(carry.pending_B)
+            first_BCV, cache = jax.lax.cond(
+                reuse, lambda c: self.denoiser.fused(c, tokens_BS, chunk_BC, start),
+                lambda c: (jnp.zeros(shape.shape, shape.dtype), c), cache)
+
+        def block_logits(x_BC, t_B):
+            def fresh():
+                return self.denoiser.chunk_logits(cache, tokens_BS, x_BC, start, t_B)
+
+            if not self.fused:
+                return fresh()
+            # the first step's input is exactly what the fused pass saw
+            first = reuse & (t_B[0] >= 1.0) & jnp.all(x_BC == chunk_BC)
+            return jax.lax.cond(first, lambda: first_BCV, fresh)
+
+        denoise = StepDenoiser(block_logits, self.denoiser.time_conditioned, passes=self.denoiser.passes)
+        new_BC, used_B = run_sampler(denoise, self.plan.rule, chunk_BC, block_keys_B, self.plan.num_steps,
+                                     fixed_BC, start + jnp.arange(C))
+        return new_BC, used_B + extra, cache if self.fused else carried
+
+    def _skip(self, cache, carry: _Carry, chunk_BC, start):
+        C = self.plan.block
+        if self.fused:
+            prev_BC = jax.lax.dynamic_slice_in_dim(carry.tokens_BS, jnp.maximum(start - C, 0), C, axis=1)
+            cache = jax.lax.cond(jnp.any(carry.pending_B), lambda c: self.denoiser.write(c, prev_BC, start - C),
+                                 lambda c: c, cache)
+        return chunk_BC, jnp.zeros(chunk_BC.shape[:1], jnp.int32), cache
+
+    def _keep(self, carry: _Carry, cache, nfe_B, new_BC, active_B, j, start):
+        """(cache, nfe, pending) after a finished block is written (or left pending)."""
+        if not self.denoiser.keeps_blocks:
+            return cache, nfe_B, carry.pending_B
+        write_B = ~carry.done_B & (j >= self.cached_blocks_B) & (start < self.end_B)
+        if self.fused:
+            return cache, nfe_B + (carry.pending_B & ~active_B), write_B  # a write these rows did not share
+        cache = jax.lax.cond(jnp.any(write_B), lambda c: self.denoiser.write(c, new_BC, start), lambda c: c, cache)
+        return cache, nfe_B + write_B, carry.pending_B
+
+    def _check_stops(self, carry: _Carry, tokens_BS, start, active_B):
+        if not self.stops:
+            return carry.done_B, carry.stop_end_B, carry.stopped_B
+        cols_C = start + jnp.arange(self.plan.block)
+        found_B, p_B, which_B = stop_hits(tokens_BS, cols_C, self.stops, self.prompt_len_B, self.end_B)
+        found_B &= active_B
+        return (carry.done_B | found_B, jnp.where(found_B, p_B + 1, carry.stop_end_B),
+                jnp.where(found_B, which_B, carry.stopped_B))
+
+    def flush(self, carry: _Carry):
+        """(cache, nfe) with the last block written: it has no next block to share a pass."""
+        if not self.fused:
+            return carry.cache, carry.nfe_B
+        last = (self.plan.num_blocks - 1) * self.plan.block
+        last_BC = jax.lax.dynamic_slice_in_dim(carry.tokens_BS, last, self.plan.block, axis=1)
+        cache = jax.lax.cond(jnp.any(carry.pending_B), lambda c: self.denoiser.write(c, last_BC, last),
+                             lambda c: c, carry.cache)
+        return cache, carry.nfe_B + carry.pending_B
+
+
 def run_blocks(denoiser: BlockDenoiser, plan: Plan, keys_B, tokens_BS, fixed_BS, prompt_len_B, end_B,
                cached_blocks_B, cache):
     """The block loop of ``generate`` (traceable): K steps of the rule per block, blocks in a
@@ -91,84 +207,15 @@ def run_blocks(denoiser: BlockDenoiser, plan: Plan, keys_B, tokens_BS, fixed_BS,
       (tokens_BS, ends_B, stopped_B, nfe_B, cache).
     """
     B, S = tokens_BS.shape
-    C = plan.block
     pos_S = jnp.arange(S)
     tokens_BS = jnp.where(fixed_BS, tokens_BS, plan.rule.prior(prior_keys(keys_B, pos_S)))
-    stops = plan.stops + (((plan.eos_id,),) if plan.eos_id is not None else ())
-
-    fused = denoiser.keeps_blocks and denoiser.fuses_writes
-
-    def block_body(carry, j):
-        tokens_BS, cache, nfe_B, done_B, stop_end_B, stopped_B, pending_B = carry
-        # pending_B (fused writes): rows whose previous block still has to enter the cache
-        start = j * C
-        cols_C = start + jnp.arange(C)
-        chunk_BC = jax.lax.dynamic_slice_in_dim(tokens_BS, start, C, axis=1)
-        fixed_BC = jax.lax.dynamic_slice_in_dim(fixed_BS, start, C, axis=1) | done_B[:, None]
-        active_B = jnp.any(~fixed_BC, axis=1)
-        block_keys_B = jax.vmap(jax.random.fold_in, (0, None))(keys_B, j)
-
-        def steps(carried):
-            cache, extra = denoiser.refresh(carried, tokens_BS)  # (the refreshed cache is this block's only)
-            reuse = jnp.bool_(False)
-            if fused:  # the previous block's write and this block's first logits in one pass
-                shape = jax.eval_shape(lambda c: denoiser.fused(c, tokens_BS, chunk_BC, start)[0], cache)
-                reuse = jnp.any(pending_B)
-                first_BCV, cache = jax.lax.cond(
-                    reuse, lambda c: denoiser.fused(c, tokens_BS, chunk_BC, start),
-                    lambda c: (jnp.zeros(shape.shape, shape.dtype), c), cache)
-
-            def block_logits(x_BC, t_B):
-                def fresh():
-                    return denoiser.chunk_logits(cache, tokens_BS, x_BC, start, t_B)
-
-                if not fused:
-                    return fresh()
-                # the first step's input is exactly what the fused pass saw
-                first = reuse & (t_B[0] >= 1.0) & jnp.all(x_BC == chunk_BC)
-                return jax.lax.cond(first, lambda: first_BCV, fresh)
-
-            denoise = StepDenoiser(block_logits, denoiser.time_conditioned, passes=denoiser.passes)
-            new_BC, used_B = run_sampler(denoise, plan.rule, chunk_BC, block_keys_B, plan.num_steps, fixed_BC, cols_C)
-            return new_BC, used_B + extra, cache if fused else carried
-
-        def skip(cache):
-            if fused:
-                prev_BC = jax.lax.dynamic_slice_in_dim(tokens_BS, jnp.maximum(start - C, 0), C, axis=1)
-                cache = jax.lax.cond(jnp.any(pending_B), lambda c: denoiser.write(c, prev_BC, start - C),
-                                     lambda c: c, cache)
-            return chunk_BC, jnp.zeros((B,), jnp.int32), cache
-
-        new_BC, used_B, cache = jax.lax.cond(jnp.any(active_B), steps, skip, cache)
-        nfe_B = nfe_B + jnp.where(active_B, used_B, 0)
-        tokens_BS = jax.lax.dynamic_update_slice_in_dim(tokens_BS, new_BC, start, axis=1)
-        if denoiser.keeps_blocks:
-            write_B = ~done_B & (j >= cached_blocks_B) & (start < end_B)
-            if fused:
-                nfe_B = nfe_B + (pending_B & ~active_B)  # a write these rows did not share
-                pending_B = write_B
-            else:
-                cache = jax.lax.cond(jnp.any(write_B), lambda c: denoiser.write(c, new_BC, start), lambda c: c, cache)
-                nfe_B = nfe_B + write_B
-        if stops:
-            found_B, p_B, which_B = stop_hits(tokens_BS, cols_C, stops, prompt_len_B, end_B)
-            found_B &= active_B
-            stop_end_B = jnp.where(found_B, p_B + 1, stop_end_B)
-            stopped_B = jnp.where(found_B, which_B, stopped_B)
-            done_B = done_B | found_B
-        return (tokens_BS, cache, nfe_B, done_B, stop_end_B, stopped_B, pending_B), None
-
+    loop = _BlockLoop(denoiser, plan, keys_B, fixed_BS, prompt_len_B, end_B, cached_blocks_B)
     zeros_B, no_B = jnp.zeros((B,), jnp.int32), jnp.zeros((B,), bool)
-    carry = (tokens_BS, cache, zeros_B, no_B, end_B, zeros_B - 1, no_B)
-    (tokens_BS, cache, nfe_B, _, stop_end_B, stopped_B, pending_B), _ = jax.lax.scan(
-        block_body, carry, jnp.arange(plan.num_blocks))
-    if fused:  # the last block's write has no next block to share
-        last = (plan.num_blocks - 1) * C
-        last_BC = jax.lax.dynamic_slice_in_dim(tokens_BS, last, C, axis=1)
-        cache = jax.lax.cond(jnp.any(pending_B), lambda c: denoiser.write(c, last_BC, last), lambda c: c, cache)
-        nfe_B = nfe_B + pending_B
-    tokens_BS = jnp.where(pos_S[None] < stop_end_B[:, None], tokens_BS, plan.pad_id)
-    return tokens_BS, stop_end_B, stopped_B, nfe_B, cache
+    carry = _Carry(tokens_BS, cache, zeros_B, no_B, end_B, zeros_B - 1, no_B)
+    carry, _ = jax.lax.scan(loop.body, carry, jnp.arange(plan.num_blocks))
+    cache, nfe_B = loop.flush(carry)
+    tokens_BS = jnp.where(pos_S[None] < carry.stop_end_B[:, None], carry.tokens_BS, plan.pad_id)
+    return tokens_BS, carry.stop_end_B, carry.stopped_B, nfe_B, cache
 
 
 def sample_blocks(denoiser: BlockDenoiser, rule: StepRule, keys_B, *, length: int, block_size: int, num_steps: int,

@@ -32,7 +32,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -107,11 +108,29 @@ def generate(
     return _run(graphdef, params, model, plan, seed, indices, state)
 
 
-def generate_program(graphdef, params, prompts, *, seed: int = 0, **options):
-    """(``_generate_jit``, its arguments): the program ``generate`` would run with these
-    arguments, for ahead-of-time compilation and benchmarks (``jit.lower(*args)``)."""
+class Program(NamedTuple):
+    """A prepared ``generate`` call, for ahead-of-time compilation and benchmarks:
+    ``fn.lower(*static, *dynamic).compile()`` gives a program that takes ``dynamic``."""
+
+    fn: Callable
+    static: tuple  # (graphdef, plan, time_conditioned): jit static arguments
+    dynamic: tuple  # (params, keys, tokens, fixed, prompt lengths, ends, cached blocks, cache)
+
+    @property
+    def args(self) -> tuple:
+        return self.static + self.dynamic
+
+    @property
+    def canvas(self) -> int:
+        """Positions of the canvas (prompt + generation, rounded up to whole blocks)."""
+        return self.dynamic[2].shape[1]
+
+
+def generate_program(graphdef, params, prompts, *, seed: int = 0, **options) -> Program:
+    """The program ``generate`` would run with these arguments (see ``Program``)."""
     model, plan, state, indices = _prepare(graphdef, params, prompts, **options)
-    return _generate_jit, _jit_args(graphdef, params, model, plan, seed, indices, state)
+    args = _jit_args(graphdef, params, model, plan, seed, indices, state)
+    return Program(_generate_jit, args[:3], args[3:])
 
 
 def _prepare(graphdef, params, prompts, *, length, rule, num_steps, indices=None, block_size=None,

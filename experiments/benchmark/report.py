@@ -111,9 +111,27 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def _device_section(res: dict, fname: str) -> list[str]:
+    lines = _device_header(res, fname) + ["### Targets", ""]
+    lines += _table(
+        ["target", "measured", "met"],
+        [[t["target"], t["measured"], _yes(t["met"])] for t in res["targets"]],
+    )
+    if res.get("records"):
+        lines += ["### Sampling", ""]
+        header = "name|L|B|K|NFE|compile s|run s|s/sample|tok/s|GFLOP|GB|GFLOP/s (% peak)|GB/s (% peak)|FLOP/B|bound"
+        lines += _table(header.split("|"), [_record_row(r) for r in res["records"]])
+        lines += [SAMPLING_NOTE, ""]
+    if res.get("scan"):
+        lines += _scan_table(res["scan"])
+    if res.get("training"):
+        lines += _training_table(res["training"])
+    return lines
+
+
+def _device_header(res: dict, fname: str) -> list[str]:
     dev, cfg, peaks = res["device"], res["config"], res["peaks"]
     m = cfg["model"]
-    lines = [
+    return [
         f"## {dev['label']} ({dev['platform']}{', ' + dev['cpu'] if 'cpu' in dev else ''})",
         "",
         f"File `{fname}`; jax {res['jax_version']}; {res['date']}; {dev['num_devices']} device(s).",
@@ -131,50 +149,29 @@ def _device_section(res: dict, fname: str) -> list[str]:
         f"Cost: {res['cost']['method']}.",
         "",
     ]
-    lines += ["### Targets", ""]
-    lines += _table(
-        ["target", "measured", "met"],
-        [[t["target"], t["measured"], _yes(t["met"])] for t in res["targets"]],
-    )
-    if res.get("records"):
-        lines += ["### Sampling", ""]
-        header = "name|L|B|K|NFE|compile s|run s|s/sample|tok/s|GFLOP|GB|GFLOP/s (% peak)|GB/s (% peak)|FLOP/B|bound"
-        lines += _table(header.split("|"), [_record_row(r) for r in res["records"]])
-        lines += [SAMPLING_NOTE, ""]
-    if res.get("scan"):
-        s = res["scan"]
-        lines += ["### Scan overhead (ancestral, batch 1)", ""]
-        header = f"K|L|scan s|{s['k']} jitted forwards s|ratio|Python loop of {s['k']} jitted steps s|ratio|"
-        cells = [
-            ("k", "d"),
-            ("length", "d"),
-            ("scan_s", ".4f"),
-            ("separate_forward_s", ".4f"),
-            ("ratio_vs_forward", ".2f"),
-            ("python_loop_steps_s", ".4f"),
-            ("ratio_vs_python_loop", ".2f"),
-            ("compile_k8_s", ".2f"),
-            ("compile_k1024_s", ".2f"),
-            ("compile_ratio", ".2f"),
-        ]
-        header += "compile K=8 s|compile K=1024 s|ratio"
-        lines += _table(header.split("|"), [[format(s[k], f) for k, f in cells]]) + [SCAN_NOTE, ""]
-    if res.get("training"):
-        t, m = res["training"], res["training"]["model"]
-        lines += ["### Training (synthetic tokens)", "", f"MFU = {t['formula']}.", ""]
-        row = [
-            f"d{m['d_model']} x {m['num_layers']}L {m['dtype']}",
-            f"{t['params'] / 1e6:.2f}M",
-            f"{t['batch']} x {t['seq_len']}",
-            f"{t['compile_s']:.2f}",
-            f"{t['step_s']:.4f}",
-            f"{t['tokens_per_s']:,.0f}",
-            f"{t['mfu']:.1%}",
-        ]
-        lines += _table(
-            ["model", "params", "batch x seq", "compile s", "step s", "tok/s", "MFU"], [row]
-        )
-    return lines
+
+
+_SCAN_CELLS = (("k", "d"), ("length", "d"), ("scan_s", ".4f"), ("separate_forward_s", ".4f"),
+               ("ratio_vs_forward", ".2f"), ("python_loop_steps_s", ".4f"), ("ratio_vs_python_loop", ".2f"),
+               ("compile_k8_s", ".2f"), ("compile_k1024_s", ".2f"), ("compile_ratio", ".2f"))
+
+
+def _scan_table(s: dict) -> list[str]:
+    header = f"K|L|scan s|{s['k']} jitted forwards s|ratio|Python loop of {s['k']} jitted steps s|ratio|"
+    header += "compile K=8 s|compile K=1024 s|ratio"
+    rows = [[format(s[k], f) for k, f in _SCAN_CELLS]]
+    return ["### Scan overhead (ancestral, batch 1)", ""] + _table(header.split("|"), rows) + [SCAN_NOTE, ""]
+
+
+def _training_table(t: dict) -> list[str]:
+    m = t["model"]
+    row = [
+        f"d{m['d_model']} x {m['num_layers']}L {m['dtype']}", f"{t['params'] / 1e6:.2f}M",
+        f"{t['batch']} x {t['seq_len']}", f"{t['compile_s']:.2f}", f"{t['step_s']:.4f}",
+        f"{t['tokens_per_s']:,.0f}", f"{t['mfu']:.1%}",
+    ]
+    lines = ["### Training (synthetic tokens)", "", f"MFU = {t['formula']}.", ""]
+    return lines + _table(["model", "params", "batch x seq", "compile s", "step s", "tok/s", "MFU"], [row])
 
 
 def _yes(met) -> str:

@@ -128,76 +128,52 @@ def sampling_plan(setup: Setup, models: Models, length: int) -> list[dict]:
     return plan
 
 
-def measure_sampler(
-    setup,
-    models: Models,
-    costs: PassCosts,
-    length,
-    batch,
-    method,
-    rule,
-    k,
-    block=None,
-    cache="none",
-):
+def measure_sampler(setup, models: Models, costs: PassCosts, length, batch, method, rule, k, block=None,
+                    cache="none"):
     """Compile, time and cost one sampler at one (length, batch)."""
     if method == "ar-kv-cache":
-        cfg = models.ar_config
-        keys_B, forced = example_keys(0, np.arange(batch)), jnp.zeros((batch, length), jnp.int32)
-        args = (
-            models.ar_graphdef,
-            models.ar_params,
-            keys_B,
-            forced,
-            cfg.special.bos,
-            Logits(),
-            jnp.zeros((batch,), jnp.int32),
-        )
-        compiled, compile_s = compile_timed(ar_decode_program, *args, options=setup.compiler_options)
-        run_s, _ = median_time(
-            lambda: compiled(*args[1:5], args[6]), setup.warmup, setup.reps, setup.time_budget_s
-        )
-        nfe = np.full((batch,), length)
-        passes = [(costs.decode(cfg, batch, length), analytic_flops(cfg, batch, length), length)]
+        compiled, compile_s, run_s, nfe, passes = _time_ar(setup, models, costs, length, batch)
+        name = f"{method}_L{length}_B{batch}"
     else:
-        exact = cache == "exact"
-        cfg = models.block_config if exact else models.config
-        gd, params = (
-            (models.block_graphdef, models.block_params)
-            if exact
-            else (models.graphdef, models.params)
-        )
-        program, args = generate_program(
-            gd, params, [[]] * batch, length=length, rule=rule, num_steps=k, block_size=block,
-            cache=cache,
-        )
-        compiled, compile_s = compile_timed(program, *args, options=setup.compiler_options)
-        run_s, out = median_time(
-            lambda: compiled(*args[3:]), setup.warmup, setup.reps, setup.time_budget_s
-        )
-        nfe = np.asarray(out[3])
-        passes = pass_counts(costs, cfg, batch, args[5].shape[1], block, cache, int(nfe.max()))
-    flops = sum(c["flops"] * n for c, _, n in passes)
+        compiled, compile_s, run_s, nfe, passes = _time_generate(
+            setup, models, costs, length, batch, rule, k, block, cache)
+        name = f"{method}_K{k}_L{length}_B{batch}"
     return dict(
-        name=f"{method}_K{k}_L{length}_B{batch}"
-        if method != "ar-kv-cache"
-        else f"{method}_L{length}_B{batch}",
-        method=method,
-        length=length,
-        batch=batch,
-        k=k,
-        block=block,
-        cache=cache,
-        nfe_mean=float(nfe.mean()),
-        nfe_max=int(nfe.max()),
-        compile_s=compile_s,
-        run_s=run_s,
-        flops=flops,
+        name=name, method=method, length=length, batch=batch, k=k, block=block, cache=cache,
+        nfe_mean=float(nfe.mean()), nfe_max=int(nfe.max()), compile_s=compile_s, run_s=run_s,
+        flops=sum(c["flops"] * n for c, _, n in passes),
         bytes=sum(c["bytes"] * n for c, _, n in passes),
         flops_analytic=sum(a * n for _, a, n in passes),
         passes=int(sum(n for *_, n in passes)),
         xla_program=xla_cost(compiled),
     )
+
+
+def _time_ar(setup, models: Models, costs: PassCosts, length, batch):
+    """(compiled, compile s, run s, NFE per row, passes) of AR decoding with its KV cache."""
+    cfg = models.ar_config
+    keys_B, forced = example_keys(0, np.arange(batch)), jnp.zeros((batch, length), jnp.int32)
+    start_B = jnp.zeros((batch,), jnp.int32)
+    args = (models.ar_graphdef, models.ar_params, keys_B, forced, cfg.special.bos, Logits(), start_B)
+    compiled, compile_s = compile_timed(ar_decode_program, *args, options=setup.compiler_options)
+    dynamic = (models.ar_params, keys_B, forced, cfg.special.bos, start_B)  # graphdef, Logits() static
+    run_s, _ = median_time(lambda: compiled(*dynamic), setup.warmup, setup.reps, setup.time_budget_s)
+    passes = [(costs.decode(cfg, batch, length), analytic_flops(cfg, batch, length), length)]
+    return compiled, compile_s, run_s, np.full((batch,), length), passes
+
+
+def _time_generate(setup, models: Models, costs: PassCosts, length, batch, rule, k, block, cache):
+    """(compiled, compile s, run s, NFE per row, passes) of one ``generate`` program."""
+    exact = cache == "exact"
+    cfg = models.block_config if exact else models.config
+    gd, params = (models.block_graphdef, models.block_params) if exact else (models.graphdef, models.params)
+    program = generate_program(gd, params, [[]] * batch, length=length, rule=rule, num_steps=k,
+                               block_size=block, cache=cache)
+    compiled, compile_s = compile_timed(program.fn, *program.args, options=setup.compiler_options)
+    run_s, out = median_time(lambda: compiled(*program.dynamic), setup.warmup, setup.reps, setup.time_budget_s)
+    nfe = np.asarray(out[3])
+    passes = pass_counts(costs, cfg, batch, program.canvas, block, cache, int(nfe.max()))
+    return compiled, compile_s, run_s, nfe, passes
 
 
 def pass_counts(costs: PassCosts, cfg, batch, canvas, block, cache, max_nfe):

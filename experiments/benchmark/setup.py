@@ -58,101 +58,57 @@ class Setup:
     time_budget_s: float | None = None  # fewer timed runs (>= 1) when one run is this long
 
 
+_GPU_MODEL = ModelConfig(num_tokens=50257, max_len=1024, d_model=768, num_layers=12, num_heads=12,
+                         dtype="bfloat16", vocab_multiple=128)
+_TINY_MODEL = ModelConfig(num_tokens=61, max_len=32, d_model=32, num_layers=2, num_heads=2)
+# Each preset: the Setup fields the flags do not give (sizes/batch/steps/reps/block may be overridden).
+PRESETS = {
+    "tiny": dict(model=_TINY_MODEL, train_model=_TINY_MODEL, sizes=(16,), batches=(1, 2), steps=("4L",),
+                 cached_steps=("4L",), train_batch=4, train_seq=32, train_steps=3, block=8, scan_k=8,
+                 matmul_n=1024, matmul_dtype="float32", copy_mb=32, warmup=1, reps=2,
+                 compiler_options=COST_ONLY),
+    "gpu": dict(model=_GPU_MODEL, train_model=_GPU_MODEL, sizes=(256, 1024), batches=(1, 32),
+                steps=("16", "64", "256", "L"), cached_steps=("L", "4L"), train_batch=16, train_seq=1024,
+                train_steps=10, block=32, scan_k=64, matmul_n=8192, matmul_dtype="bfloat16", copy_mb=1024,
+                warmup=1, reps=3, time_budget_s=60.0),
+    "cpu": dict(model=ModelConfig(num_tokens=1024, max_len=128, d_model=128, num_layers=2, num_heads=4),
+                train_model=ModelConfig(num_tokens=4096, max_len=128, d_model=512, num_layers=4, num_heads=8),
+                sizes=(64, 128), batches=(1, 4), steps=("16", "L"), cached_steps=("L",), train_batch=4,
+                train_seq=128, train_steps=3, block=32, scan_k=64, matmul_n=4096, matmul_dtype="float32",
+                copy_mb=256, warmup=1, reps=3, time_budget_s=10.0),
+}
+
+
 def default_setup(args, platform: str) -> Setup:
-    """Presets: ``tiny`` (tests), CPU (a few minutes), GPU (GPT-2-small-ish, bf16)."""
-    gpu = platform == "gpu"
-    if args.tiny:
-        model = ModelConfig(num_tokens=61, max_len=32, d_model=32, num_layers=2, num_heads=2)
-        train = model
-        sizes, batches, steps, cached = (16,), (1, 2), ("4L",), ("4L",)
-        extra = dict(
-            train_batch=4,
-            train_seq=32,
-            train_steps=3,
-            block=8,
-            scan_k=8,
-            matmul_n=1024,
-            matmul_dtype="float32",
-            copy_mb=32,
-            warmup=1,
-            reps=2,
-            compiler_options=COST_ONLY,
-        )
-    elif gpu:
-        model = ModelConfig(
-            num_tokens=50257,
-            max_len=1024,
-            d_model=768,
-            num_layers=12,
-            num_heads=12,
-            dtype="bfloat16",
-            vocab_multiple=128,
-        )
-        train = model
-        sizes, batches, steps, cached = (256, 1024), (1, 32), ("16", "64", "256", "L"), ("L", "4L")
-        extra = dict(
-            train_batch=16,
-            train_seq=1024,
-            train_steps=10,
-            block=32,
-            scan_k=64,
-            matmul_n=8192,
-            matmul_dtype="bfloat16",
-            copy_mb=1024,
-            warmup=1,
-            reps=3,
-            time_budget_s=60.0,
-        )
-    else:
-        model = ModelConfig(num_tokens=1024, max_len=128, d_model=128, num_layers=2, num_heads=4)
-        train = ModelConfig(num_tokens=4096, max_len=128, d_model=512, num_layers=4, num_heads=8)
-        sizes, batches, steps, cached = (64, 128), (1, 4), ("16", "L"), ("L",)
-        extra = dict(
-            train_batch=4,
-            train_seq=128,
-            train_steps=3,
-            block=32,
-            scan_k=64,
-            matmul_n=4096,
-            matmul_dtype="float32",
-            copy_mb=256,
-            warmup=1,
-            reps=3,
-            time_budget_s=10.0,
-        )
-    sizes = _ints(args.sizes) if args.sizes else sizes
-    batches = _ints(args.batch) if args.batch else batches
-    steps = tuple(args.steps.split(",")) if args.steps else steps
-    cached = tuple(args.cached_steps.split(",")) if args.cached_steps else cached
-    extra.update({k: getattr(args, k) for k in ("reps", "block") if getattr(args, k) is not None})
-    sections = tuple(args.sections.split(",")) if args.sections else ()
-    _check(sizes, batches, steps + cached, sections, extra)
-    need = max(round_up(s, extra["block"]) for s in sizes)
-    model = dataclasses.replace(model, max_len=max(model.max_len, need))
-    return Setup(
-        model=model,
-        train_model=train,
-        sizes=sizes,
-        batches=batches,
-        steps=steps,
-        cached_steps=cached,
-        sections=sections,
-        tiny=args.tiny,
-        run_dir=args.run_dir,
-        **extra,
-    )
+    """Presets (``PRESETS``): ``tiny`` (tests), CPU (a few minutes), GPU (GPT-2-small-ish,
+    bf16); the flags override sizes, batches, step counts, reps and block."""
+    fields = dict(PRESETS["tiny" if args.tiny else "gpu" if platform == "gpu" else "cpu"])
+    if args.sizes:
+        fields["sizes"] = _ints(args.sizes)
+    if args.batch:
+        fields["batches"] = _ints(args.batch)
+    if args.steps:
+        fields["steps"] = tuple(args.steps.split(","))
+    if args.cached_steps:
+        fields["cached_steps"] = tuple(args.cached_steps.split(","))
+    fields.update({k: getattr(args, k) for k in ("reps", "block") if getattr(args, k) is not None})
+    fields["sections"] = tuple(args.sections.split(",")) if args.sections else ()
+    _check(fields)
+    need = max(round_up(s, fields["block"]) for s in fields["sizes"])
+    fields["model"] = dataclasses.replace(fields["model"], max_len=max(fields["model"].max_len, need))
+    return Setup(tiny=args.tiny, run_dir=args.run_dir, **fields)
 
 
-def _check(sizes, batches, step_specs, sections, extra) -> None:
-    if min(sizes + batches) < 1 or extra["reps"] < 1 or extra["block"] < 1:
+def _check(fields: dict) -> None:
+    sizes, batches, reps, block = (fields[k] for k in ("sizes", "batches", "reps", "block"))
+    if min(sizes + batches) < 1 or reps < 1 or block < 1:
         raise ValueError(
-            f"sizes, batches, reps and block must be >= 1, got {sizes}, {batches}, "
-            f"{extra['reps']}, {extra['block']}"
+            f"sizes, batches, reps and block must be >= 1, got {sizes}, {batches}, {reps}, {block}"
         )
-    bad = [s for s in step_specs if not re.fullmatch(r"\d+|\d*L", s) or s in ("0", "0L")]
+    bad = [s for s in fields["steps"] + fields["cached_steps"] if not re.fullmatch(r"\d+|\d*L", s) or s in ("0", "0L")]
     if bad:
         raise ValueError(f"step counts must be positive integers, L or nL (n x length), got {bad}")
-    unknown = set(sections) - set(SECTIONS)
+    unknown = set(fields["sections"]) - set(SECTIONS)
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}; expected some of {SECTIONS}")
 
