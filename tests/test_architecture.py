@@ -17,6 +17,7 @@ RANK = {
     "sampling": 5,
     "evaluation": 6,
     "training": 7,
+    "tools": 0,
     "demo": 8, "__init__": 8,
 }
 

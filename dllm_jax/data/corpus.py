@@ -20,6 +20,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from dllm_jax.data.chat import ChatSource
 from dllm_jax.data.stdlib_text import stdlib_documents
 
 SPLITS = ("train", "validation", "all")
@@ -299,7 +300,8 @@ def tfds_text(
 def make_source(spec: str, split: str = "train") -> Sequence[str]:
     """A source from a string spec.
 
-    Specs: ``"embedded"``; ``"local:<path>[,<path>...]"``; ``"tfds:<name>"`` or
+    Specs: ``"embedded"``; ``"local:<path>[,<path>...]"``; ``"chat:<dir>"`` (a
+    ``ChatSource`` of ``<dir>/<split>.jsonl``); ``"tfds:<name>"`` or
     ``"tfds:<name>@<data_dir>"`` (TFDS split names are passed through as given).
 
     Raises:
@@ -309,10 +311,12 @@ def make_source(spec: str, split: str = "train") -> Sequence[str]:
         return embedded_corpus(split)
     if spec.startswith("local:") and spec[len("local:") :]:
         return local_text([p for p in spec[len("local:") :].split(",") if p], split)
+    if spec.startswith("chat:") and spec[len("chat:") :]:
+        return ChatSource(spec[len("chat:") :], split)
     if spec.startswith("tfds:") and spec[len("tfds:") :]:
         name, _, data_dir = spec[len("tfds:") :].partition("@")
         return tfds_text(name, split, data_dir or None)
     raise ValueError(
-        f"unknown data source spec {spec!r}; expected 'embedded', 'local:<path>[,<path>...]' "
-        "or 'tfds:<name>[@<data_dir>]'"
+        f"unknown data source spec {spec!r}; expected 'embedded', 'local:<path>[,<path>...]', "
+        "'chat:<dir>' (conversations in <dir>/<split>.jsonl) or 'tfds:<name>[@<data_dir>]'"
     )

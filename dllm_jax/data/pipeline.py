@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from dllm_jax.config import special_ids
+from dllm_jax.data.chat import END, ChatSource, padded_example, symbol_id
 from dllm_jax.data.tokenizer import Tokenizer
 from dllm_jax.sharding import batch_sharding
 
@@ -169,6 +170,29 @@ class PackedSequences:
             int(state["position"]),
             int(state["offset"]),
         )
+
+
+class ChatSequences(PackedSequences):
+    """One conversation per sequence (``dllm_jax.data.chat``): the loss mask is True
+    exactly where the assistant writes (and on the learned part of the ``<|end|>`` tail),
+    so a prompt is never corrupted and carries no loss. State as ``PackedSequences``."""
+
+    def __init__(self, source: ChatSource, tokenizer, seq_len: int, tail_block: int | None = None,
+                 seed: int = 0, shuffle: bool = True, num_epochs: int | None = None):
+        if not isinstance(source, ChatSource):
+            raise TypeError(f"ChatSequences needs a ChatSource ('chat:<dir>'), got {type(source).__name__}")
+        if tail_block is not None and (not isinstance(tail_block, int) or tail_block < 1):
+            raise ValueError(f"tail_block must be None or a positive integer, got {tail_block!r}")
+        super().__init__(source, tokenizer, seq_len, seed=seed, pack=False, shuffle=shuffle, num_epochs=num_epochs)
+        self.tail_block = tail_block
+        symbol_id(tokenizer, END)  # a chat tokenizer, checked up front
+
+    def _next_padded(self) -> Example:
+        if self._finished(self.epoch):
+            raise StopIteration
+        messages = self.source.messages(int(self.order(self.epoch)[self.position]))
+        self._advance()
+        return Example(*padded_example(messages, self.tokenizer, self.seq_len, self.tail_block))
 
 
 def process_rows(mesh: Mesh, global_batch_size: int) -> np.ndarray:

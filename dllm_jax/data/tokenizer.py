@@ -3,8 +3,9 @@
 Ids. Sentencepiece's own pieces are the library's *ordinary* tokens, ids
 ``[0, num_tokens)`` with ``num_tokens`` = the sentencepiece vocabulary size. In a model
 trained here: ``unk=0``, ``<s>=1``, ``</s>=2`` (``eos_id``, appended after each document by
-the pipeline and predicted like any token), ``"\\n"=3``, ``"\\r"=4``, ``"\\t"=5``, the 256
-byte pieces ``<0x00>..<0xFF>`` = 6..261, then the learned pieces. The library's specials
+the pipeline and predicted like any token), ``"\\n"=3``, ``"\\r"=4``, ``"\\t"=5``, the seven
+chat symbols of ``dllm_jax.data.chat`` (``<|user|>`` ... ``<|end|>``) = 6..12, never split, the
+256 byte pieces ``<0x00>..<0xFF>`` = 13..268, then the learned pieces. The library's specials
 (pad, bos, mask; ``dllm_jax.config.special_ids``) follow at ``num_tokens + {0, 1, 2}``; they
 are not sentencepiece pieces and ``decode`` drops them.
 
@@ -24,11 +25,12 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from dllm_jax.data.chat import CHAT_SYMBOLS
 from dllm_jax.files import write_atomic
 
 MODEL_TYPES = ("bpe", "unigram")
 _WHITESPACE_MARK = "\u2581"  # sentencepiece's escaped space
-_USER_SYMBOLS = ("\n", "\r", "\t")
+_USER_SYMBOLS = ("\n", "\r", "\t", *CHAT_SYMBOLS)
 _MAX_LINE_CHARS = 4096  # training lines are cut to this; encoding takes any length
 
 

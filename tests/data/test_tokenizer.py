@@ -7,6 +7,7 @@ import pytest
 
 from dllm_jax.config import special_ids
 from dllm_jax.data import Tokenizer, embedded_corpus
+from dllm_jax.data.chat import CHAT_SYMBOLS
 from dllm_jax.data.tokenizer import _WHITESPACE_MARK
 
 AWKWARD = [
@@ -89,7 +90,12 @@ def test_fixed_ids_and_specials_dropped(tokenizer):
     assert tokenizer.eos_id == 2
     sp = tokenizer.processor
     assert [sp.id_to_piece(i) for i in range(6)] == ["<unk>", "<s>", "</s>", "\n", "\r", "\t"]
-    assert sp.id_to_piece(6) == "<0x00>" and sp.id_to_piece(261) == "<0xFF>"
+    assert [sp.id_to_piece(i) for i in range(6, 13)] == list(CHAT_SYMBOLS)
+    assert sp.id_to_piece(13) == "<0x00>" and sp.id_to_piece(268) == "<0xFF>"
+    # a chat symbol is one piece wherever it stands, even glued to text
+    for i, symbol in enumerate(CHAT_SYMBOLS, 6):
+        ids = tokenizer.encode(f"ab{symbol}cd")
+        assert ids.count(i) == 1 and tokenizer.decode(ids) == f"ab{symbol}cd"
     special = special_ids(tokenizer.num_tokens)
     a, b = tokenizer.encode("first doc"), tokenizer.encode(" second\n")
     ids = [special.bos, *a, tokenizer.eos_id, *b, tokenizer.eos_id, special.mask, special.pad]
