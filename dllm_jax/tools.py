@@ -83,7 +83,7 @@ class Registry:
             return Result(False, f"error: the call is {len(text)} characters, more than {MAX_CALL_CHARS}")
         try:
             call = json.loads(text)
-        except (json.JSONDecodeError, ValueError) as e:
+        except ValueError as e:  # JSONDecodeError, or an integer past Python's digit limit
             return Result(False, f"error: the call is not valid JSON ({getattr(e, 'msg', e)})")
         if not isinstance(call, dict) or set(call) != {"name", "arguments"}:
             return Result(False, 'error: a call must be {"name": ..., "arguments": {...}}')

@@ -122,11 +122,12 @@ def symbol_id(tokenizer, symbol: str) -> int:
     return ids[0]
 
 
-def padded_example(messages, tokenizer, seq_len: int, tail_block: int | None):
+def padded_example(messages, tokenizer, seq_len: int, tail_block: int | None, end_id: int | None = None):
     """(tokens_L, loss_mask_L): the conversation cut to ``seq_len`` and filled with
-    ``<|end|>``; learned positions as the module docstring says."""
+    ``<|end|>`` (``end_id``, looked up when not given); learned positions as the module
+    docstring says."""
     ids, learned = encode(messages, tokenizer)
-    end = symbol_id(tokenizer, END)
+    end = symbol_id(tokenizer, END) if end_id is None else end_id
     n = min(len(ids), seq_len)
     tokens_L = np.full(seq_len, end, np.int32)
     tokens_L[:n] = ids[:n]

@@ -135,8 +135,13 @@ class PackedSequences:
     def _next_padded(self) -> Example:
         if self._finished(self.epoch):
             raise StopIteration
-        ids = self._document_ids(self.epoch, self.position)[: self.seq_len]
+        example = self._padded_example(self.epoch, self.position)
         self._advance()
+        return example
+
+    def _padded_example(self, epoch: int, position: int) -> Example:
+        """The ``position``-th document of ``epoch`` as one padded sequence."""
+        ids = self._document_ids(epoch, position)[: self.seq_len]
         tokens_L = np.full(self.seq_len, self.pad_id, np.int32)
         tokens_L[: len(ids)] = ids
         loss_mask_L = np.zeros(self.seq_len, bool)
@@ -185,14 +190,11 @@ class ChatSequences(PackedSequences):
             raise ValueError(f"tail_block must be None or a positive integer, got {tail_block!r}")
         super().__init__(source, tokenizer, seq_len, seed=seed, pack=False, shuffle=shuffle, num_epochs=num_epochs)
         self.tail_block = tail_block
-        symbol_id(tokenizer, END)  # a chat tokenizer, checked up front
+        self.end_id = symbol_id(tokenizer, END)  # a chat tokenizer, checked up front
 
-    def _next_padded(self) -> Example:
-        if self._finished(self.epoch):
-            raise StopIteration
-        messages = self.source.messages(int(self.order(self.epoch)[self.position]))
-        self._advance()
-        return Example(*padded_example(messages, self.tokenizer, self.seq_len, self.tail_block))
+    def _padded_example(self, epoch: int, position: int) -> Example:
+        messages = self.source.messages(int(self.order(epoch)[position]))
+        return Example(*padded_example(messages, self.tokenizer, self.seq_len, self.tail_block, self.end_id))
 
 
 def process_rows(mesh: Mesh, global_batch_size: int) -> np.ndarray:
