@@ -26,6 +26,7 @@ from typing import NamedTuple
 TYPES = {"integer": (int,), "number": (int, float), "string": (str,), "boolean": (bool,)}
 MAX_CALL_CHARS = 4096
 MAX_RESULT_CHARS = 1024
+UNAVAILABLE = "error: tools are unavailable"  # the result of any call when a chat runs without tools
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ RANK = {
     "evaluation": 6,
     "training": 7,
     "tools": 0,
+    "agent": 6,
     "demo": 8, "__init__": 8,
 }
 

@@ -1,12 +1,16 @@
 """Every shipped experiment config parses, validates, and trains one step at test size."""
 
+import json
+
 import numpy as np
 import pytest
 
 from dllm_jax.data.corpus import embedded_corpus
 from dllm_jax.data.tfds_builder import build_local_tfds
+from dllm_jax.data.tool_task import write_task
 from dllm_jax.training.loop import train, with_overrides
-from experiments import configs
+from experiments import chat as chat_cli
+from experiments import configs, sft, tool_eval
 from experiments.cli import apply_overrides, experiment_from_args, experiment_parser
 
 
@@ -29,6 +33,9 @@ def test_every_config_trains_one_step_shrunk(name, tfds_source, tmp_path):
     exp = configs.shrink(full)
     if full.data.source.startswith("tfds:"):
         exp = with_overrides(exp, data={"source": tfds_source, "vocab_size": 512}, model={"num_tokens": 512})
+    if full.data.source.startswith("chat:"):
+        task = write_task(tmp_path / "task", {"train": 400, "validation": 16})
+        exp = with_overrides(exp, data={"source": f"chat:{task}", "vocab_size": 320}, model={"num_tokens": 320})
     result = train(exp, tmp_path / name, verbose=False)
     assert result["end_step"] == 1 and len(result["losses"]) == 1
     # One step from a random init: the loss is near log(vocab) for AR, finite and positive.
@@ -137,3 +144,29 @@ def test_quickstart_runs_its_three_phases_at_test_size(tmp_path, capsys):
     # one token per step with the exact cache: K = 4 passes per block, writes fused except the last
     assert summary["one_per_step_passes_per_token"] == pytest.approx((2 * 4 + 1) / 8)
     assert summary["batch1_tokens_per_s"] > 0 and summary["ar_batch1_tokens_per_s"] > 0
+
+
+TINY = ["model.d_model=32", "model.num_layers=1", "model.num_heads=2", "model.mlp_dim=64", "train.steps=2",
+        "train.warmup_steps=0", "train.batch_size=4", "loop.eval_every=2", "loop.checkpoint_every=2",
+        "loop.eval_batches=1", "loop.log_every=1"]
+
+
+@pytest.mark.slow
+def test_sft_chat_and_tool_eval_end_to_end(tmp_path, capsys):
+    """SFT from scratch (writing the task), SFT from that run, the terminal chat (canvas and
+    calls shown) and the task's evaluation, at test size."""
+    task, run, tuned = tmp_path / "task", tmp_path / "run", tmp_path / "tuned"
+    sft.main(["--process", "masked", "--data", str(task), "--run_dir", str(run), "--set", *TINY])
+    assert (task / "test.jsonl").exists() and (run / "checkpoints").exists()
+    sft.main(["--data", str(task), "--init_from", str(run), "--run_dir", str(tuned), "--set", *TINY])
+    tuned_config = json.loads((tuned / "config.json").read_text())
+    assert tuned_config["train"]["init_from"] == str(run) and tuned_config["data"]["source"] == f"chat:{task}"
+    assert (tuned / "tokenizer.model").read_bytes() == (run / "tokenizer.model").read_bytes()
+    capsys.readouterr()
+    chat_cli.main([str(tuned), "--message", "What is 2 plus 3?"])
+    out = capsys.readouterr().out
+    assert "assistant:" in out and "network passes" in out and "\u00b7" in out  # the canvas showed masks
+    tool_eval.main([str(tuned), "--data", str(task), "--limit", "4", "--out", str(tmp_path / "out")])
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results[0]["questions"] >= 1 and 0 <= results[0]["well_formed_calls"] <= 1
+    assert (tmp_path / "out" / "transcript.txt").read_text().count("user:") == 1

@@ -17,6 +17,8 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# What each notebook must print (its last steps ran): the default is the sampling notebooks'.
+MARKERS = {"tool_use.ipynb": ("validation:", "network passes", "well_formed_calls", "resume_same_tokens")}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,8 @@ def test_notebook_executes_from_the_installed_wheel(path, installed, monkeypatch
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
-    assert "validation:" in outputs and "judge NLL" in outputs
+    for marker in MARKERS.get(path.name, ("validation:", "judge NLL")):
+        assert marker in outputs, marker
     origin = outputs.split("IMPORTED FROM", 1)[1].split()
     assert all(Path(p).is_relative_to(installed) for p in origin), origin
     if path.name == "steps_tradeoff.ipynb":  # the sweep's two plots were displayed

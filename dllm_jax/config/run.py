@@ -108,6 +108,10 @@ class DataConfig:
       tokenizer: path of a sentencepiece ``.model`` to load; empty = train one on the
         training split with ``vocab_size`` pieces and store it in the run directory.
       pack: pack documents into full sequences (eos-separated); False pads each document.
+      chat_tail: conversations (``chat:<dir>``) only: which ``<|end|>`` positions after a
+        reply are learned. ``block``: up to the end of the block holding the first one
+        (causal models: that one; block-causal models: the rest of its block; bidirectional
+        models: the whole row, as LLaDA); ``all``: the whole row for every model.
     """
 
     source: str = "embedded"
@@ -115,6 +119,7 @@ class DataConfig:
     vocab_size: int = 2048
     tokenizer_type: Literal["bpe", "unigram"] = "bpe"
     pack: bool = True
+    chat_tail: Literal["block", "all"] = "block"
     seed: int = 0
 
     def __post_init__(self):
@@ -124,6 +129,7 @@ class DataConfig:
         if not self.source:
             raise ValueError("DataConfig.source must name a corpus, got ''")
         one_of(self, "tokenizer_type", ("bpe", "unigram"))
+        one_of(self, "chat_tail", ("block", "all"))
 
 
 @dataclasses.dataclass(frozen=True)

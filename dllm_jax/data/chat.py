@@ -4,7 +4,8 @@ A conversation is a list of messages (OpenAI-style dicts):
 
 * ``{"role": "user", "content": str}``
 * ``{"role": "assistant", "content": str, "tool_call": {"name": str, "arguments": {...}}}``
-  (``tool_call`` optional: a turn that calls a tool ends with the call)
+  (``tool_call`` optional: a turn that calls a tool ends with the call; ``"call_text": str``
+  instead gives the call's text verbatim, as a model wrote it, well-formed or not)
 * ``{"role": "tool", "content": str}``: the result of the previous call.
 
 Rendered text (the special tokens are user-defined pieces of every tokenizer trained
@@ -61,7 +62,7 @@ def check_messages(messages, where: str = "conversation") -> list[dict]:
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content", ""), str):
             raise ValueError(f"{where}: message {i} must be a dict with role in {ROLES} and str content, "
                              f"got {m!r:.120}")
-        if m["role"] == "tool" and (i == 0 or not messages[i - 1].get("tool_call")):
+        if m["role"] == "tool" and (i == 0 or not _calls(messages[i - 1])):
             raise ValueError(f"{where}: message {i} is a tool result that follows no tool call")
         call = m.get("tool_call")
         if call is not None and (m["role"] != "assistant" or not isinstance(call, dict)
@@ -69,13 +70,26 @@ def check_messages(messages, where: str = "conversation") -> list[dict]:
                                  or not isinstance(call.get("arguments"), dict)):
             raise ValueError(f"{where}: message {i} has a bad tool_call {call!r:.120} (expected an assistant "
                              "message with {'name': str, 'arguments': dict})")
+        if "call_text" in m and (m["role"] != "assistant" or not isinstance(m["call_text"], str)):
+            raise ValueError(f"{where}: message {i}: call_text must be a str of an assistant message")
     return messages
+
+
+def _calls(message: dict) -> bool:
+    return bool(message.get("tool_call")) or "call_text" in message
+
+
+def _call_segment(message: dict) -> str:
+    """A message's call as written: ``call_text`` verbatim (what a model wrote, well-formed
+    or not) or the JSON of ``tool_call``; '' without a call."""
+    if "call_text" in message:
+        return CALL + message["call_text"] + END_CALL
+    return call_text(message["tool_call"]) if message.get("tool_call") else ""
 
 
 def segments(messages) -> list[tuple[str, bool]]:
     """The rendered conversation as (text, learned) pieces, in order."""
     out: list[tuple[str, bool]] = []
-    last = len(messages) - 1
     for i, m in enumerate(check_messages(messages)):
         if m["role"] == "user":
             out.append((USER + m["content"], False))
@@ -84,8 +98,8 @@ def segments(messages) -> list[tuple[str, bool]]:
         else:
             if i == 0 or messages[i - 1]["role"] == "user":
                 out.append((ASSISTANT, False))
-            text = m["content"] + (call_text(m["tool_call"]) if m.get("tool_call") else "")
-            out.append((text + (END if i == last and not m.get("tool_call") else ""), True))
+            text = m["content"] + _call_segment(m)
+            out.append((text + ("" if _calls(m) else END), True))  # a turn without a call ends
     return out
 
 

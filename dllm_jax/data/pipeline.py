@@ -197,6 +197,15 @@ class ChatSequences(PackedSequences):
         return Example(*padded_example(messages, self.tokenizer, self.seq_len, self.tail_block, self.end_id))
 
 
+def make_sequences(source, tokenizer, seq_len: int, *, seed: int = 0, pack: bool = True, shuffle: bool = True,
+                   tail_block: int | None = None):
+    """The sequences of a source: ``ChatSequences`` for conversations (``ChatSource``, with
+    ``tail_block``), else ``PackedSequences`` (with ``pack``)."""
+    if isinstance(source, ChatSource):
+        return ChatSequences(source, tokenizer, seq_len, tail_block, seed=seed, shuffle=shuffle)
+    return PackedSequences(source, tokenizer, seq_len, seed=seed, pack=pack, shuffle=shuffle)
+
+
 def process_rows(mesh: Mesh, global_batch_size: int) -> np.ndarray:
     """Global batch rows whose data this process must supply, in ascending order.
 

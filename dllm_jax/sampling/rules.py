@@ -8,7 +8,8 @@ uniform predictor-corrector) are in ``revising``, classifier-free guidance in ``
 ``make_rule`` names them all.
 
 Every rule applies its ``Logits`` (temperature, top-k, top-p) to the denoiser's output
-before any draw or score. Rules that only unmask spend a network evaluation on a row only
+before any draw; scores (confidence, margin, entropy) read the model's own distribution, as
+LLaDA and Fast-dLLM do, so greedy draws still unmask the most confident positions first. Rules that only unmask spend a network evaluation on a row only
 when it has something to unmask (``nfe_B``), and skip the call when no row does.
 """
 
@@ -40,6 +41,7 @@ from dllm_jax.sampling.scores import (
     evaluate_if,
     finishing_floor,
     masked_logp,
+    model_logp,
     order_scores,
     rank_BL,
     require_process,
@@ -107,8 +109,10 @@ class OrderedUnmask(StepRule):
     stay masked after the step to s (alpha(1) = 0, alpha(0) = 1: every row ends unmasked).
     Orders: ``random`` (a uniformly random subset), ``max_prob`` (highest top probability),
     ``margin`` (top1 - top2), ``entropy`` (lowest first), ``confidence`` (LLaDA: draw a token
-    everywhere, keep the most probable draws). Tokens come from the processed marginal (for
-    ``confidence``, the draw that was scored). Equal scores: lower position first.
+    everywhere, keep the most probable draws), ``left_to_right`` (the lowest masked positions:
+    semi-autoregressive inside a block, LLaDA's and Dream's left-to-right remasking). Scores
+    read the model's own distribution (before ``Logits``); tokens come from the processed
+    marginal (for ``confidence``, the draw that was scored). Equal scores: lower position first.
     """
 
     process: MaskedProcess
@@ -136,7 +140,7 @@ class OrderedUnmask(StepRule):
         raw_BLV = evaluate_if(need_B, denoise, tokens_BL, t, self.process.num_tokens)
         logp_BLV = self.logits(raw_BLV)
         tok_BL = categorical_BL(keys_BL, TAG_TOKEN, logp_BLV)
-        score_BL = order_scores(self.order, logp_BLV, tok_BL, keys_BL)
+        score_BL = order_scores(self.order, model_logp(raw_BLV), tok_BL, keys_BL)
         chosen_BL = masked_BL & (rank_BL(score_BL, masked_BL) < count_B[:, None])
         return jnp.where(chosen_BL, tok_BL, tokens_BL), need_B.astype(jnp.int32), state
 
@@ -162,9 +166,9 @@ class ConfidenceThreshold(StepRule):
         return ~jnp.any(tokens_BL == self.process.mask_id, axis=1)  # nothing left to unmask
 
     def step(self, denoise, tokens_BL, t, s, keys_BL, state):
-        masked_BL, masked_B, logp_BLV = masked_logp(self, denoise, tokens_BL, t)
+        masked_BL, masked_B, logp_BLV, model_BLV = masked_logp(self, denoise, tokens_BL, t)
         tok_BL = categorical_BL(keys_BL, TAG_TOKEN, logp_BLV)
-        conf_BL = token_prob_BL(logp_BLV, tok_BL)
+        conf_BL = token_prob_BL(model_BLV, tok_BL)
         floor_BL = rank_BL(conf_BL, masked_BL) < finishing_floor(masked_B, t, s)[:, None]
         chosen_BL = masked_BL & ((conf_BL > self.threshold) | floor_BL)
         return jnp.where(chosen_BL, tok_BL, tokens_BL), (masked_B > 0).astype(jnp.int32), state
@@ -192,8 +196,8 @@ class EntropyBounded(StepRule):
         return ~jnp.any(tokens_BL == self.process.mask_id, axis=1)  # nothing left to unmask
 
     def step(self, denoise, tokens_BL, t, s, keys_BL, state):
-        masked_BL, masked_B, logp_BLV = masked_logp(self, denoise, tokens_BL, t)
-        ent_BL = entropy_BL(logp_BLV)
+        masked_BL, masked_B, logp_BLV, model_BLV = masked_logp(self, denoise, tokens_BL, t)
+        ent_BL = entropy_BL(model_BLV)
         sorted_BL = jnp.sort(jnp.where(masked_BL, ent_BL, jnp.inf), axis=-1)
         real_BL = jnp.isfinite(sorted_BL)
         sorted_BL = jnp.where(real_BL, sorted_BL, 0.0)

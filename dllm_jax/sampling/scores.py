@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from dllm_jax.sampling.ancestral import times_B
 from dllm_jax.sampling.draws import TAG_ORDER, uniform_BL
 
-ORDERS = ("random", "max_prob", "margin", "entropy", "confidence")
+ORDERS = ("random", "max_prob", "margin", "entropy", "confidence", "left_to_right")
 
 
 def require_process(rule, kind) -> None:
@@ -30,12 +30,19 @@ def evaluate_if(need_B, denoise, tokens_BL, t, num_tokens: int):
 
 
 def masked_logp(rule, denoise, tokens_BL, t):
-    """(masked_BL, masked count_B, processed log-probs_BLV); no network call if no row has
-    a mask left."""
+    """(masked_BL, masked count_B, processed log-probs_BLV, the model's own log-probs_BLV);
+    no network call if no row has a mask left."""
     masked_BL = tokens_BL == rule.process.mask_id
     masked_B = jnp.sum(masked_BL, axis=-1)
     raw_BLV = evaluate_if(masked_B > 0, denoise, tokens_BL, t, rule.process.num_tokens)
-    return masked_BL, masked_B, rule.logits(raw_BLV)
+    return masked_BL, masked_B, rule.logits(raw_BLV), model_logp(raw_BLV)
+
+
+def model_logp(raw_BLV):
+    """The model's own log-probabilities, before ``Logits``: what confidence scores read
+    (LLaDA and Fast-dLLM score the softmax of the raw logits), so that greedy or sharpened
+    draws (``Logits(top_k=1)``) keep their confidence order instead of tying at 1."""
+    return jax.nn.log_softmax(raw_BLV, axis=-1)
 
 
 def rank_BL(score_BL, candidate_BL):
@@ -74,6 +81,8 @@ def order_scores(order: str, logp_BLV, tok_BL, keys_BL):
     probs_BLV = jnp.exp(logp_BLV)
     if order == "random":
         return uniform_BL(keys_BL, TAG_ORDER)
+    if order == "left_to_right":  # equal scores: the lowest masked positions first
+        return jnp.zeros(tok_BL.shape, jnp.float32)
     if order == "max_prob":
         return jnp.max(probs_BLV, axis=-1)
     if order == "margin":

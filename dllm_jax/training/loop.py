@@ -20,7 +20,7 @@ import numpy as np
 from dllm_jax.checkpoint import Checkpointer
 from dllm_jax.config import ExperimentConfig
 from dllm_jax.data.corpus import make_source
-from dllm_jax.data.pipeline import GlobalBatches, PackedSequences
+from dllm_jax.data.pipeline import GlobalBatches, make_sequences
 from dllm_jax.diffusion import ARObjective, BlockDiffusion, make_objective, training_objective
 from dllm_jax.evaluation.context_use import context_use, make_context_fn, model_apply
 from dllm_jax.evaluation.likelihood import LN2, stratified_likelihood
@@ -70,11 +70,22 @@ def _all_finite(tree):
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
+def chat_tail_block(exp: ExperimentConfig) -> int | None:
+    """``ChatSequences``' ``tail_block`` for the run's model and ``data.chat_tail``."""
+    if exp.data.chat_tail == "all" or exp.model.attention == "bidirectional":
+        return None
+    return 1 if exp.model.attention == "causal" else exp.model.block_size
+
+
+def run_sequences(exp: ExperimentConfig, tok, split: str, shuffle: bool = True):
+    """The run's sequences of ``split`` (conversations or documents)."""
+    return make_sequences(make_source(exp.data.source, split), tok, exp.train.seq_len, seed=exp.data.seed,
+                          pack=exp.data.pack, shuffle=shuffle, tail_block=chat_tail_block(exp))
+
+
 def eval_batches(exp, tok, mesh):
     """The run's fixed validation batches: ``loop.eval_batches`` global batches, unshuffled."""
-    source = make_source(exp.data.source, "validation")
-    seqs = PackedSequences(source, tok, exp.train.seq_len, seed=exp.data.seed, pack=exp.data.pack, shuffle=False)
-    batches = GlobalBatches(seqs, exp.train.batch_size, mesh)
+    batches = GlobalBatches(run_sequences(exp, tok, "validation", shuffle=False), exp.train.batch_size, mesh)
     return [next(batches) for _ in range(exp.loop.eval_batches)]
 
 
@@ -133,8 +144,7 @@ def train(exp: ExperimentConfig, run_dir: str | Path, *, stop_at: int | None = N
     mesh, tok, source = _open_run(exp, run_dir)
     objective = make_objective(exp.noise, exp.model.num_tokens, exp.model)
     graphdef, state, tx = create_train_state(exp.model, exp.train, mesh)
-    batches = GlobalBatches(PackedSequences(make_source(exp.data.source, "train"), tok, exp.train.seq_len,
-                                            seed=exp.data.seed, pack=exp.data.pack), exp.train.batch_size, mesh)
+    batches = GlobalBatches(run_sequences(exp, tok, "train"), exp.train.batch_size, mesh)
     ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=exp.loop.keep_checkpoints, best_metric="val_loss")
     state, start = _restore_or_init(exp, run_dir, ckpt, state, batches, tok, source)
     trained = training_objective(exp.noise, exp.model, objective)  # eval keeps the true bound

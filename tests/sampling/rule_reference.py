@@ -226,6 +226,8 @@ def ordered(order: str, marg_fn, total: int = L):
         if order == "random":
             subsets = list(itertools.combinations(masked, count))
             return 1, [m for c in subsets for m in draw_at(symbols, c, marg, 1.0 / len(subsets))]
+        if order == "left_to_right":  # the lowest masked positions, whatever the scores
+            return 1, draw_at(symbols, tuple(masked[:count]), marg)
         if order != "confidence":
             sign = -1.0 if order == "entropy" else 1.0
             chosen = top_n({i: sign * score(order, marg[i]) for i in masked}, count)

@@ -62,6 +62,7 @@ CASES = {
     "margin": Case("margin", sampled_steps=(3,)),
     "entropy": Case("entropy", sampled_steps=(2,)),
     "confidence": Case("confidence", sampled_steps=(3,)),
+    "left_to_right": Case("left_to_right", sampled_steps=(2,)),
     "threshold 0.7": Case("threshold", (("threshold", 0.7),), sampled_steps=(4,)),
     "threshold 0.9": Case("threshold", (("threshold", 0.9),), sampled_steps=(8,)),
     "entropy_bounded 0.5": Case("entropy_bounded", (("gamma", 0.5),)),
