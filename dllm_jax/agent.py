@@ -26,6 +26,8 @@ import jax
 from flax import nnx
 
 from dllm_jax.data.chat import ASSISTANT, CALL, END, END_CALL, encode, result_text, symbol_id
+from dllm_jax.diffusion.block import noise_process
+from dllm_jax.diffusion.masked import MaskedProcess
 from dllm_jax.sampling.draws import Logits
 from dllm_jax.sampling.driver import StepRule
 from dllm_jax.sampling.generate import generate, resume
@@ -74,9 +76,12 @@ class Writer(abc.ABC):
 
 
 def default_rule(objective) -> StepRule:
-    """Greedy draws, left to right inside a block (one token per step at K = block size):
-    the most accurate order on the tool-use task (``benchmarks/tool_use``)."""
-    return make_rule("left_to_right", objective, logits=GREEDY)
+    """Masked noise: greedy draws, left to right inside a block (one token per step at K =
+    block size), the most accurate order on the tool-use task (``benchmarks/tool_use``).
+    Uniform or hybrid noise: the exact ancestral step."""
+    if isinstance(noise_process(objective), MaskedProcess):
+        return make_rule("left_to_right", objective, logits=GREEDY)
+    return make_rule("ancestral", objective)
 
 
 class DiffusionWriter(Writer):

@@ -38,14 +38,14 @@ def step_rule(spec: str, objective):
     return make_rule(name, objective, logits=GREEDY, **options)
 
 
-def writer_for(run_dir, seed: int = 0, num_steps: int | None = None, rule: str = "left_to_right"):
+def writer_for(run_dir, seed: int = 0, num_steps: int | None = None, rule: str | None = None):
     """(writer, experiment) of a run directory: ``ARWriter`` for a causal model; a diffusion
     model's ``DiffusionWriter`` takes ``num_steps`` per block (default the block size) of
-    the greedy ``rule``."""
+    the greedy ``rule`` (default ``agent.default_rule``)."""
     exp, graphdef, params, tok, objective, _ = load_run(run_dir)
     if exp.model.attention == "causal":
         return ARWriter(graphdef, params, tok, seed=seed), exp
-    return DiffusionWriter(graphdef, params, tok, objective, rule=step_rule(rule, objective), seed=seed,
+    return DiffusionWriter(graphdef, params, tok, objective, rule=rule and step_rule(rule, objective), seed=seed,
                            num_steps=num_steps), exp
 
 

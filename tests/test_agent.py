@@ -141,6 +141,9 @@ def test_real_models_run_the_driver(tok, attention):
         writer = DiffusionWriter(graphdef, params, tok, make_objective(NoiseConfig(), cfg.num_tokens, cfg))
     reply = chat(writer, QUESTION, TOOLS)  # an untrained model: whatever it writes, no crash
     assert reply.status in STATUSES and reply.nfe >= 1
+    prompt = prompt_ids(QUESTION, tok)
+    if attention != "causal":  # generation never changes the prompt
+        assert writer.generation.tokens[0, : len(prompt)].tolist() == prompt
     assert sum(len(s.ids) for s in reply.segments) <= writer.max_len
     with pytest.raises(ValueError, match="no room to answer within the model's 48 positions"):
         chat(writer, [{"role": "user", "content": "1 2 3 4 5 6 7 8 9 " * 8}], TOOLS)

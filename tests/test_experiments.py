@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
+from dllm_jax.agent import STATUSES, chat
 from dllm_jax.data.corpus import embedded_corpus
 from dllm_jax.data.tfds_builder import build_local_tfds
-from dllm_jax.data.tool_task import write_task
+from dllm_jax.data.tool_task import registry, write_task
 from dllm_jax.training.loop import train, with_overrides
 from experiments import chat as chat_cli
 from experiments import configs, sft, tool_eval
@@ -170,3 +171,19 @@ def test_sft_chat_and_tool_eval_end_to_end(tmp_path, capsys):
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results[0]["questions"] >= 1 and 0 <= results[0]["well_formed_calls"] <= 1
     assert (tmp_path / "out" / "transcript.txt").read_text().count("user:") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("process, attention", [("masked", "bidirectional"), ("uniform", "block_causal"),
+                                                ("hybrid", "block_causal"), ("ar", "causal")])
+def test_sft_trains_every_objective_and_chats(process, attention, tmp_path):
+    """SFT on conversations for every objective, then the chat driver on the run."""
+    task = write_task(tmp_path / "task", {"train": 400, "validation": 16, "test": 4})
+    tiny = [*TINY, "data.vocab_size=320", "model.num_tokens=320", "model.max_len=192", "train.seq_len=192",
+            f"model.attention={attention}"]
+    exp = sft.sft_config(process, str(task), overrides=tiny)
+    result = train(exp, tmp_path / "run", verbose=False)
+    assert 0 < result["val_loss"] < 50
+    reply = chat(tool_eval.writer_for(tmp_path / "run")[0], [{"role": "user", "content": "What is 2 plus 3?"}],
+                 registry())
+    assert reply.status in STATUSES and reply.nfe >= 1

@@ -40,7 +40,7 @@ def installed(tmp_path_factory) -> Path:
 
 def test_console_scripts_are_installed(installed, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(installed)}
-    for script in ("dllm-train", "dllm-sample", "dllm-evaluate", "dllm-quickstart"):
+    for script in ("dllm-train", "dllm-sample", "dllm-evaluate", "dllm-quickstart", "dllm-sft", "dllm-chat"):
         out = subprocess.run([str(installed / "bin" / script), "--help"], capture_output=True, text=True,
                              env=env, cwd=tmp_path)
         assert out.returncode == 0 and "usage:" in out.stdout, (script, out.stderr[-2000:])
