@@ -26,22 +26,10 @@ import numpy as np
 
 from dllm_jax.data.corpus import make_source
 from dllm_jax.diffusion import noise_process
-from dllm_jax.evaluation.quality import judge_nll, quality_report
+from dllm_jax.evaluation.quality import quality_report
+from dllm_jax.evaluation.revision import revision_meter
 from dllm_jax.sampling import ancestral, generate, revise
 from dllm_jax.training.run_dir import load_judge, load_run
-
-
-def single_change_corrections(judge, before_BL, after_BL):
-    """(changes, corrections): each changed position applied alone to ``before``; a
-    correction lowers the judge's NLL of the sequence."""
-    base_B, _ = judge_nll(judge.logits_fn, before_BL, judge.eos_id, judge.bos_id, judge.pad_id)
-    rows, cols = np.nonzero(before_BL != after_BL)
-    if rows.size == 0:
-        return 0, 0
-    variants = before_BL[rows].copy()
-    variants[np.arange(rows.size), cols] = after_BL[rows, cols]
-    nll_C, _ = judge_nll(judge.logits_fn, variants, judge.eos_id, judge.bos_id, judge.pad_id)
-    return int(rows.size), int(np.sum(nll_C < base_B[rows]))
 
 
 def held_out_rows(exp, tok, num_rows: int, length: int) -> np.ndarray:
@@ -75,10 +63,12 @@ def study_run(name, run_dir, judge, args) -> dict:
         out = samples if n == 0 else revise(graphdef, params, samples, process, rounds=n, t=args.t,
                                             seed=args.seed + 1).tokens
         q = quality_report(out, eos_id=None, pad_id=None, judge_logits_fn=judge.logits_fn, bos_id=judge.bos_id)
-        changes, corrections = single_change_corrections(judge, samples, out)
+        meter = revision_meter(judge, samples, out)
+        changes, corrections = int(meter.changed_B.sum()), int(meter.corrections_B.sum())
         rows.append({"rounds": n, "nfe": args.steps + n, "gen_ppl": q["gen_ppl"], "entropy": q["entropy"],
                      "changed_per_sample": changes / args.samples,
-                     "correction_share": corrections / changes if changes else None})
+                     "correction_share": corrections / changes if changes else None,
+                     "worsened_share": meter.summary()["worsened_share"]})
         print(f"  {name} K={args.steps} +{n:3d} rounds: gen ppl {q['gen_ppl']:.1f}, entropy {q['entropy']:.3f}, "
               f"changed/sample {changes / args.samples:.1f}, corrections "
               f"{(corrections / changes if changes else float('nan')):.2f}", flush=True)

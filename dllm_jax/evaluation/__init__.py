@@ -21,6 +21,7 @@ from dllm_jax.evaluation.quality import (
     scored_mask,
     unigram_entropy,
 )
+from dllm_jax.evaluation.revision import Revisions, revision_meter
 
 __all__ = [
     "Judge",
@@ -35,6 +36,8 @@ __all__ = [
     "likelihood_from_sums",
     "quality_report",
     "repetition_rate",
+    "Revisions",
+    "revision_meter",
     "scored_mask",
     "stratified_likelihood",
     "token_utf8_lengths",
