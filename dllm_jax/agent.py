@@ -69,6 +69,10 @@ class Writer(abc.ABC):
     def resume(self, appended: list[int]) -> Written:
         """Write after the text so far followed by ``appended``."""
 
+    @abc.abstractmethod
+    def room(self, appended: list[int]) -> int:
+        """Positions left to write after the text so far followed by ``appended``."""
+
     def _written(self, generation, seconds: float) -> Written:
         start, end = int(generation.prompt_lengths[0]), int(generation.ends[0])
         stop = {0: "call", 1: "end"}.get(int(generation.stopped[0]))
@@ -115,8 +119,7 @@ class DiffusionWriter(Writer):
 
     def resume(self, appended: list[int]) -> Written:
         t0 = time.perf_counter()
-        length = self.max_len - int(self.generation.ends[0]) - len(appended)
-        self.generation = resume(self.graphdef, self.params, self.generation, [appended], length=length)
+        self.generation = resume(self.graphdef, self.params, self.generation, [appended], length=self.room(appended))
         return self._written(self.generation, time.perf_counter() - t0)
 
     def room(self, appended: list[int]) -> int:

@@ -15,6 +15,7 @@ tokens must equal the resumed ones and the NFE is compared. Writes ``results.jso
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -22,13 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from dllm_jax.agent import GREEDY, ARWriter, DiffusionWriter, chat, prompt_ids
-from dllm_jax.config import ExperimentConfig
 from dllm_jax.data.chat import END, ChatSource, result_text, symbol_id
 from dllm_jax.data.tool_task import reference, registry
 from dllm_jax.files import write_atomic
 from dllm_jax.sampling.rules import make_rule
 from dllm_jax.training.loop import run_sequences
-from dllm_jax.training.run_dir import load_run, saved_config
+from dllm_jax.training.run_dir import load_run
 
 
 def step_rule(spec: str, objective):
@@ -38,11 +38,17 @@ def step_rule(spec: str, objective):
     return make_rule(name, objective, logits=GREEDY, **options)
 
 
+@functools.cache
+def loaded(run_dir):
+    """``load_run(run_dir)``, read once per process (every setting and the transcript reuse it)."""
+    return load_run(run_dir)
+
+
 def writer_for(run_dir, seed: int = 0, num_steps: int | None = None, rule: str | None = None):
     """(writer, experiment) of a run directory: ``ARWriter`` for a causal model; a diffusion
     model's ``DiffusionWriter`` takes ``num_steps`` per block (default the block size) of
     the greedy ``rule`` (default ``agent.default_rule``)."""
-    exp, graphdef, params, tok, objective, _ = load_run(run_dir)
+    exp, graphdef, params, tok, objective, _ = loaded(run_dir)
     if exp.model.attention == "causal":
         return ARWriter(graphdef, params, tok, seed=seed), exp
     return DiffusionWriter(graphdef, params, tok, objective, rule=rule and step_rule(rule, objective), seed=seed,
@@ -156,13 +162,13 @@ def transcript(run_dir, data_dir, index: int = 0) -> str:
 
 
 def load_run_is_diffusion(run_dir) -> bool:
-    return ExperimentConfig.from_dict(saved_config(Path(run_dir))).model.attention != "causal"
+    return loaded(run_dir)[0].model.attention != "causal"
 
 
 def table(results: list[dict]) -> str:
     keys = ["well_formed_calls", "right_calls", "accuracy_with_tools", "accuracy_without_tools",
-            "no_call_when_not_needed", "accuracy_direct", "overlong_answers", "end_target_share", "nfe_per_answer", "seconds_per_answer",
-            "resume_same_tokens", "resume_nfe", "regenerate_nfe"]
+            "no_call_when_not_needed", "accuracy_direct", "overlong_answers", "end_target_share",
+            "nfe_per_answer", "seconds_per_answer", "resume_same_tokens", "resume_nfe", "regenerate_nfe"]
     head = "| metric | " + " | ".join(r["model"] for r in results) + " |"
     lines = [head, "|" + "---|" * (len(results) + 1)]
     for k in keys:

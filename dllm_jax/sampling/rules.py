@@ -9,8 +9,9 @@ uniform predictor-corrector) are in ``revising``, classifier-free guidance in ``
 
 Every rule applies its ``Logits`` (temperature, top-k, top-p) to the denoiser's output
 before any draw; scores (confidence, margin, entropy) read the model's own distribution, as
-LLaDA and Fast-dLLM do, so greedy draws still unmask the most confident positions first. Rules that only unmask spend a network evaluation on a row only
-when it has something to unmask (``nfe_B``), and skip the call when no row does.
+LLaDA and Fast-dLLM do, so greedy draws still unmask the most confident positions first.
+Rules that only unmask spend a network evaluation on a row only when it has something to
+unmask (``nfe_B``), and skip the call when no row does.
 """
 
 from __future__ import annotations
