@@ -88,16 +88,37 @@ def test_nfe_follows_each_method(run):
 @pytest.mark.slow
 def test_scan_training_and_targets(run):
     result, _, _ = run
-    scan, train = result["scan"], result["training"]
-    assert scan["ratio_vs_forward"] == pytest.approx(scan["scan_s"] / scan["separate_forward_s"])
-    assert scan["compile_ratio"] == pytest.approx(scan["compile_k1024_s"] / scan["compile_k8_s"])
-    assert train["tokens_per_s"] == pytest.approx(
-        train["batch"] * train["seq_len"] / train["step_s"]
-    )
-    assert 0 < train["mfu"] < 1
+    assert [s["rule"] for s in result["scan"]] == ["ancestral", "threshold0.9"]
+    for scan in result["scan"]:
+        for ratio, reference in [("ratio_vs_forward", "separate_forward_s"),
+                                 ("ratio_vs_scanned_forward", "scanned_forward_s"),
+                                 ("ratio_vs_python_loop", "python_loop_steps_s")]:
+            assert scan[ratio] == pytest.approx(scan["scan_s"] / scan[reference])
+    first = result["scan"][0]
+    assert first["compile_ratio"] == pytest.approx(first["compile_k1024_s"] / first["compile_k8_s"])
+    assert [t["variant"] for t in result["training"]] == ["layer scan", "unrolled"]
+    for train in result["training"]:
+        assert train["tokens_per_s"] == pytest.approx(train["batch"] * train["seq_len"] / train["step_s"])
+        assert 0 < train["mfu"] < 1
+    assert result["training"][1]["model"]["scan_unroll"] == result["training"][1]["model"]["num_layers"]
     assert {t["target"] for t in result["targets"]} >= {
-        benchmark.TARGETS[k] for k in ("scan", "compile", "train_cpu")
+        benchmark.TARGETS[k] for k in ("scan", "compile", "train_cpu", "draw")
     }
+
+
+@pytest.mark.slow
+def test_passes_timed_alone_and_the_gumbel_row(run):
+    """Each record's bare-pass seconds and the share outside them; the old draw is its own program."""
+    result, _, _ = run
+    for r in result["records"]:
+        assert r["forward_s"] > 0
+        assert r["outside_forward"] == pytest.approx(1 - r["forward_s"] / r["run_s"])
+    for gumbel in records_by(result, "ancestral-gumbel"):
+        assert gumbel["draw"] == "gumbel"
+        (anc,) = records_by(result, "ancestral", k=gumbel["k"], length=gumbel["length"], batch=gumbel["batch"])
+        assert anc["draw"] == "inverse_cdf" and anc["nfe_mean"] == gumbel["nfe_mean"]
+        # a program of its own (traced afresh), not the inverse-CDF one from jit's cache
+        assert anc["xla_program"] != gumbel["xla_program"]
 
 
 @pytest.mark.slow

@@ -85,6 +85,7 @@ class ModelConfig:
     rope_original_max_len: int = 8192
     start_id: int | None = None
     attention_impl: Literal["xla", "cudnn"] = "xla"
+    scan_unroll: int = 1
 
     def __post_init__(self):
         check_types(self)
@@ -97,8 +98,12 @@ class ModelConfig:
         """Vocabulary, widths, heads and the start token."""
         positive_int(
             self, "num_tokens", "max_len", "d_model", "num_layers", "num_heads",
-            "block_size", "time_embed_dim", "vocab_multiple",
+            "block_size", "time_embed_dim", "vocab_multiple", "scan_unroll",
         )
+        if self.num_layers % self.scan_unroll:
+            raise ValueError(
+                f"ModelConfig.scan_unroll={self.scan_unroll} must divide num_layers={self.num_layers}"
+            )
         if self.mlp_dim is not None:
             positive_int(self, "mlp_dim")
         if self.num_kv_heads is not None:

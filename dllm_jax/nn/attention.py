@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dllm_jax.nn.layers import Linear, apply_rotary, param
+from dllm_jax.nn.layers import Linear, apply_rotary, matmul_2d, param
 from dllm_jax.sharding import constrain
 
 
@@ -195,4 +195,6 @@ class _OutProj(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x_BLHDh):
-        return jnp.einsum("blhk,hkd->bld", x_BLHDh.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        B, L, H, K = x_BLHDh.shape
+        w_HKD = self.kernel[...].astype(self.dtype)
+        return matmul_2d(x_BLHDh.astype(self.dtype).reshape(B, L, H * K), w_HKD.reshape(H * K, -1))

@@ -199,7 +199,7 @@ class Transformer(nnx.Module):
                 body = nnx.remat(body)
 
             @nnx.scan(in_axes=(0, nnx.Carry, None, None, None, None, None), out_axes=nnx.Carry,
-                      transform_metadata=_LAYERS)
+                      unroll=config.scan_unroll, transform_metadata=_LAYERS)
             def run(block, x, mask, pos, s, c, cond):
                 return body(block, x, mask, pos, s, c, cond)
 

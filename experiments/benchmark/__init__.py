@@ -86,8 +86,7 @@ def finalize(result: dict) -> None:
     peaks = result["peaks"]
     for r in result.get("records", []):
         finish_record(r, peaks)
-    if "training" in result:
-        t = result["training"]
+    for t in result.get("training", []):
         t["mfu"] = t["flops_per_token"] * t["tokens_per_s"] / peaks["matmul"]["flops_per_s"]
     result["targets"] = targets(result)
 

@@ -13,6 +13,7 @@ from dllm_jax.config import MeshConfig, ModelConfig, NoiseConfig
 from dllm_jax.diffusion import make_objective
 from dllm_jax.evaluation.speed import compile_timed, median_time
 from dllm_jax.nn.model import abstract_model, param_shardings
+from dllm_jax.sampling import draws
 from dllm_jax.sampling.ancestral import ancestral
 from dllm_jax.sampling.draws import Logits
 from dllm_jax.sampling.driver import example_keys
@@ -23,6 +24,7 @@ from dllm_jax.sharding import make_mesh
 from dllm_jax.training.loop import load_run
 
 from .cost import PassCosts, analytic_flops, xla_cost
+from .passes import PassTimes
 from .setup import Setup, resolve_steps
 
 # ---- sampling -------------------------------------------------------------------------
@@ -86,11 +88,11 @@ def build_models(setup: Setup) -> Models:
 
 
 def sampling_records(setup: Setup, models: Models, costs: PassCosts, peaks: dict) -> list[dict]:
-    records = []
+    records, times = [], PassTimes(setup)
     for length in setup.sizes:
         for batch in setup.batches:
             for spec in sampling_plan(setup, models, length):
-                record = measure_sampler(setup, models, costs, length, batch, **spec)
+                record = measure_sampler(setup, models, costs, length, batch, **spec, times=times)
                 records.append(finish_record(record, peaks))
                 print(_summary(records[-1]), flush=True)
     return records
@@ -99,10 +101,11 @@ def sampling_records(setup: Setup, models: Models, costs: PassCosts, peaks: dict
 def sampling_plan(setup: Setup, models: Models, length: int) -> list[dict]:
     """The methods measured at one length: name, rule, K, block, cache."""
     proc, cfg, blk = models.process, models.config, setup.block
-    plan = [
-        dict(method="ancestral", rule=ancestral(proc), k=k)
-        for k in resolve_steps(setup.steps, length)
-    ]
+    ks = resolve_steps(setup.steps, length)
+    plan = [dict(method="ancestral", rule=ancestral(proc), k=k) for k in ks]
+    # The Gumbel-argmax draw (one random number per token, the earlier default) at the first K:
+    # the inverse-CDF draw's speed-up, measured in the same run.
+    plan.append(dict(method="ancestral-gumbel", rule=ancestral(proc), k=ks[0], draw="gumbel"))
     if not cfg.time_conditioning:
         plan += [
             dict(method="cached", rule=make_rule("cached", proc), k=k)
@@ -129,28 +132,46 @@ def sampling_plan(setup: Setup, models: Models, length: int) -> list[dict]:
 
 
 def measure_sampler(setup, models: Models, costs: PassCosts, length, batch, method, rule, k, block=None,
-                    cache="none"):
-    """Compile, time and cost one sampler at one (length, batch)."""
+                    cache="none", draw="inverse_cdf", times: PassTimes | None = None):
+    """Compile, time and cost one sampler at one (length, batch); with ``times``, also the
+    seconds of its network passes alone (``forward_s``: each pass timed on its own)."""
     if method == "ar-kv-cache":
-        compiled, compile_s, run_s, nfe, passes = _time_ar(setup, models, costs, length, batch)
-        name = f"{method}_L{length}_B{batch}"
+        gd, params, cfg = models.ar_graphdef, models.ar_params, models.ar_config
+        compiled, compile_s, run_s, nfe = _time_ar(setup, models, length, batch)
+        shapes, name = [("decode", 1, length, length)], f"{method}_L{length}_B{batch}"
     else:
-        compiled, compile_s, run_s, nfe, passes = _time_generate(
-            setup, models, costs, length, batch, rule, k, block, cache)
-        name = f"{method}_K{k}_L{length}_B{batch}"
+        exact = cache == "exact"
+        gd, params, cfg = ((models.block_graphdef, models.block_params, models.block_config) if exact
+                           else (models.graphdef, models.params, models.config))
+        previous, draws.DRAW_METHOD = draws.DRAW_METHOD, draw  # read when the program is traced,
+        if draw != previous:  # which jit's trace cache does not key on: trace afresh
+            jax.clear_caches()
+        try:
+            compiled, compile_s, run_s, nfe, canvas = _time_generate(
+                setup, gd, params, length, batch, rule, k, block, cache)
+        finally:
+            draws.DRAW_METHOD = previous
+            if draw != previous:
+                jax.clear_caches()
+        shapes, name = pass_shapes(canvas, block, cache, int(nfe.max())), f"{method}_K{k}_L{length}_B{batch}"
+    cost = [costs.decode(cfg, batch, s) if kind == "decode" else costs.chunk(cfg, batch, q, s)
+            for kind, q, s, _ in shapes]
+    forward_s = None if times is None else sum(
+        n * times.seconds(kind, gd, params, cfg, batch, q, s) for kind, q, s, n in shapes)
     return dict(
-        name=name, method=method, length=length, batch=batch, k=k, block=block, cache=cache,
-        nfe_mean=float(nfe.mean()), nfe_max=int(nfe.max()), compile_s=compile_s, run_s=run_s,
-        flops=sum(c["flops"] * n for c, _, n in passes),
-        bytes=sum(c["bytes"] * n for c, _, n in passes),
-        flops_analytic=sum(a * n for _, a, n in passes),
-        passes=int(sum(n for *_, n in passes)),
+        name=name, method=method, draw=draw if rule is not None else None, length=length, batch=batch, k=k,
+        block=block, cache=cache, nfe_mean=float(nfe.mean()), nfe_max=int(nfe.max()), compile_s=compile_s,
+        run_s=run_s, forward_s=forward_s,
+        flops=sum(c["flops"] * n for c, (*_, n) in zip(cost, shapes, strict=True)),
+        bytes=sum(c["bytes"] * n for c, (*_, n) in zip(cost, shapes, strict=True)),
+        flops_analytic=sum(analytic_flops(cfg, batch * q, s) * n for _, q, s, n in shapes),
+        passes=int(sum(n for *_, n in shapes)),
         xla_program=xla_cost(compiled),
     )
 
 
-def _time_ar(setup, models: Models, costs: PassCosts, length, batch):
-    """(compiled, compile s, run s, NFE per row, passes) of AR decoding with its KV cache."""
+def _time_ar(setup, models: Models, length, batch):
+    """(compiled, compile s, run s, NFE per row) of AR decoding with its KV cache."""
     cfg = models.ar_config
     keys_B, forced = example_keys(0, np.arange(batch)), jnp.zeros((batch, length), jnp.int32)
     start_B = jnp.zeros((batch,), jnp.int32)
@@ -158,50 +179,30 @@ def _time_ar(setup, models: Models, costs: PassCosts, length, batch):
     compiled, compile_s = compile_timed(ar_decode_program, *args, options=setup.compiler_options)
     dynamic = (models.ar_params, keys_B, forced, cfg.special.bos, start_B)  # graphdef, Logits() static
     run_s, _ = median_time(lambda: compiled(*dynamic), setup.warmup, setup.reps, setup.time_budget_s)
-    passes = [(costs.decode(cfg, batch, length), analytic_flops(cfg, batch, length), length)]
-    return compiled, compile_s, run_s, np.full((batch,), length), passes
+    return compiled, compile_s, run_s, np.full((batch,), length)
 
 
-def _time_generate(setup, models: Models, costs: PassCosts, length, batch, rule, k, block, cache):
-    """(compiled, compile s, run s, NFE per row, passes) of one ``generate`` program."""
-    exact = cache == "exact"
-    cfg = models.block_config if exact else models.config
-    gd, params = (models.block_graphdef, models.block_params) if exact else (models.graphdef, models.params)
+def _time_generate(setup, gd, params, length, batch, rule, k, block, cache):
+    """(compiled, compile s, run s, NFE per row, canvas length) of one ``generate`` program."""
     program = generate_program(gd, params, [[]] * batch, length=length, rule=rule, num_steps=k,
                                block_size=block, cache=cache)
     compiled, compile_s = compile_timed(program.fn, *program.args, options=setup.compiler_options)
     run_s, out = median_time(lambda: compiled(*program.dynamic), setup.warmup, setup.reps, setup.time_budget_s)
-    nfe = np.asarray(out[3])
-    passes = pass_counts(costs, cfg, batch, program.canvas, block, cache, int(nfe.max()))
-    return compiled, compile_s, run_s, nfe, passes
+    return compiled, compile_s, run_s, np.asarray(out[3]), program.canvas
 
 
-def pass_counts(costs: PassCosts, cfg, batch, canvas, block, cache, max_nfe):
-    """[(cost of one pass, analytic FLOPs of it, number of passes)] of one generation."""
+def pass_shapes(canvas, block, cache, max_nfe) -> list[tuple[str, int, int, int]]:
+    """[(kind, queries, keys, number of passes)] of one generation (kinds of ``PassTimes``)."""
     if cache == "none":
-        return [
-            (
-                costs.chunk(cfg, batch, canvas, canvas),
-                analytic_flops(cfg, batch * canvas, canvas),
-                max_nfe,
-            )
-        ]
-    chunk = (costs.chunk(cfg, batch, block, canvas), analytic_flops(cfg, batch * block, canvas))
+        return [("full", canvas, canvas, max_nfe)]
     if cache == "exact":
         # K steps per block over the block; a finished block is written in the next block's
         # first pass (two blocks wide), the last block in a pass of its own
         fused = canvas // block - 1
-        wide = (costs.chunk(cfg, batch, 2 * block, canvas), analytic_flops(cfg, batch * 2 * block, canvas))
-        return [(*wide, fused), (*chunk, max_nfe - fused)] if fused else [(*chunk, max_nfe)]
+        rest = [("chunk", block, canvas, max_nfe - fused)]
+        return [("chunk", 2 * block, canvas, fused)] + rest if fused else [("chunk", block, canvas, max_nfe)]
     refresh = canvas // block  # one full pass per block refreshes the approximate cache
-    return [
-        (
-            costs.chunk(cfg, batch, canvas, canvas),
-            analytic_flops(cfg, batch * canvas, canvas),
-            refresh,
-        ),
-        (*chunk, max_nfe - refresh),
-    ]
+    return [("chunk", canvas, canvas, refresh), ("chunk", block, canvas, max_nfe - refresh)]
 
 
 def finish_record(r: dict, peaks: dict) -> dict:
@@ -214,6 +215,8 @@ def finish_record(r: dict, peaks: dict) -> dict:
     r["frac_peak_flops"] = r["flops_per_s"] / peaks["matmul"]["flops_per_s"]
     r["frac_peak_bytes"] = r["bytes_per_s"] / peaks["copy"]["bytes_per_s"]
     r["intensity"] = r["flops"] / r["bytes"] if r["bytes"] else math.inf
+    if r.get("forward_s") is not None:  # the share of the run spent outside the network passes
+        r["outside_forward"] = 1.0 - r["forward_s"] / r["run_s"]
     r["bound"] = "compute" if r["intensity"] >= peaks["machine_balance"] else "memory"
     return r
 

@@ -1,4 +1,4 @@
-"""Scan overhead: the scan sampler vs separate jitted passes, and compile time vs K."""
+"""Scan overhead: the scan sampler vs its bare network passes, and compile time vs K."""
 
 from __future__ import annotations
 
@@ -11,48 +11,44 @@ from dllm_jax.nn.model import apply_model
 from dllm_jax.sampling.ancestral import ancestral
 from dllm_jax.sampling.draws import position_keys
 from dllm_jax.sampling.driver import example_keys, sample, time_grid
+from dllm_jax.sampling.rules import make_rule
 
 from .sampling import Models
-from .setup import Setup
+from .setup import SCAN_ROUNDS, Setup
 
 # ---- scan overhead and compile time ---------------------------------------------------
 
 
-def scan_overhead(setup: Setup, models: Models) -> dict:
-    """The K-step scan sampler vs K separate jitted passes, and compile time vs K.
-
-    Separate passes: K calls of the jitted forward on one input, dispatched back to back
-    (the network's cost alone), and a Python loop of K jitted steps (forward + rule).
+def scan_overhead(setup: Setup, models: Models) -> list[dict]:
+    """One row per step rule (ancestral, threshold 0.9) at batch 1: the K-step scan sampler
+    vs (a) K separate jitted forwards dispatched back to back (the target's reference),
+    (b) K forwards in one scanned program (no dispatch: the strict reference), (c) a Python
+    loop of K jitted steps (forward + rule; isolates the loop). The ancestral row also has
+    the compile time at K = 8 and K = 1024.
     """
-    length, k, rule = setup.sizes[0], setup.scan_k, ancestral(models.process)
-    keys_B, opts = example_keys(0, np.arange(1)), setup.compiler_options
-    compiled = {}
-    for num_steps in (8, 1024, k):  # the compile-time ratio, then the timed K (compiled once)
-        if num_steps not in compiled:
-            fn = jax.jit(lambda p, keys, n=num_steps: sample(
-                lambda x, t: apply_model(models.graphdef, p, x, t), rule, keys, length, n))
-            compiled[num_steps] = compile_timed(fn, models.params, keys_B, options=opts)
-    scan_s, _ = median_time(lambda: compiled[k][0](models.params, keys_B), setup.warmup, setup.reps)
-    forward_s, loop_s = _separate_passes(setup, models, rule, keys_B)
-    compile_8, compile_1024 = compiled[8][1], compiled[1024][1]
-    return dict(
-        k=k, length=length, batch=1, scan_s=scan_s, scan_compile_s=compiled[k][1],
-        separate_forward_s=forward_s, python_loop_steps_s=loop_s, ratio_vs_forward=scan_s / forward_s,
-        ratio_vs_python_loop=scan_s / loop_s, compile_k8_s=compile_8, compile_k1024_s=compile_1024,
-        compile_ratio=compile_1024 / compile_8,
-    )
+    rules = {"ancestral": ancestral(models.process),
+             "threshold0.9": make_rule("threshold", models.process, threshold=0.9)}
+    rows = [_rule_row(setup, models, name, rule) for name, rule in rules.items()]
+    rows[0].update(_compile_times(setup, models, rules["ancestral"]))
+    return rows
 
 
-def _separate_passes(setup: Setup, models: Models, rule, keys_B) -> tuple[float, float]:
-    """(seconds of K jitted forwards back to back, seconds of a Python loop of K jitted steps)."""
+def _rule_row(setup: Setup, models: Models, name: str, rule) -> dict:
     gd, params, length, k, opts = models.graphdef, models.params, setup.sizes[0], setup.scan_k, setup.compiler_options
+    keys_B = example_keys(0, np.arange(1))
     x, t = jnp.full((1, length), models.process.mask_id, jnp.int32), jnp.ones((1,))
+
+    def denoiser(p):
+        return lambda x, t: apply_model(gd, p, x, t)
+
+    sampler = compile_timed(jax.jit(lambda p, keys: sample(denoiser(p), rule, keys, length, k)),
+                            params, keys_B, options=opts)
     forward = compile_timed(jax.jit(lambda p, x, t: apply_model(gd, p, x, t)), params, x, t, options=opts)[0]
-    forward_s, _ = median_time(lambda: [forward(params, x, t) for _ in range(k)], setup.warmup, setup.reps)
+    scanned = compile_timed(jax.jit(lambda p, x: _scanned_forwards(denoiser(p), x, k)), params, x, options=opts)[0]
 
     def one_step(p, tokens_BL, keys, i):
-        grid, denoise = time_grid(k), lambda x, t: apply_model(gd, p, x, t)
-        return rule.step(denoise, tokens_BL, grid[i], grid[i + 1], position_keys(keys, i, jnp.arange(length)), ())[0]
+        grid = time_grid(k)
+        return rule.step(denoiser(p), tokens_BL, grid[i], grid[i + 1], position_keys(keys, i, jnp.arange(length)), ())[0]
 
     step = compile_timed(jax.jit(one_step), params, x, keys_B, jnp.int32(0), options=opts)[0]
     steps_i = [jnp.int32(i) for i in range(k)]
@@ -63,5 +59,42 @@ def _separate_passes(setup: Setup, models: Models, rule, keys_B) -> tuple[float,
             tokens = step(params, tokens, keys_B, i)
         return tokens
 
-    loop_s, _ = median_time(python_loop, setup.warmup, setup.reps)
-    return forward_s, loop_s
+    calls = {
+        "scan_s": lambda: sampler[0](params, keys_B),
+        "separate_forward_s": lambda: [forward(params, x, t) for _ in range(k)],
+        "scanned_forward_s": lambda: scanned(params, x),
+        "python_loop_steps_s": python_loop,
+    }
+    rounds = {key: [] for key in calls}
+    for _ in range(SCAN_ROUNDS):  # the programs in turn; each figure: the median of its rounds
+        for key, call in calls.items():
+            rounds[key].append(median_time(call, setup.warmup, setup.reps)[0])
+    row = {key: float(np.median(v)) for key, v in rounds.items()}
+    return dict(
+        rule=name, k=k, length=length, batch=1, scan_compile_s=sampler[1], **row,
+        ratio_vs_forward=row["scan_s"] / row["separate_forward_s"],
+        ratio_vs_scanned_forward=row["scan_s"] / row["scanned_forward_s"],
+        ratio_vs_python_loop=row["scan_s"] / row["python_loop_steps_s"],
+    )
+
+
+def _scanned_forwards(denoise, x_BL, k: int):
+    """K forward passes in one ``lax.scan``, each input depending on the last output (one
+    token: an argmax at position 0), so none can be hoisted or skipped."""
+    t_B = jnp.ones((x_BL.shape[0],))
+
+    def body(x, _):
+        first = jnp.argmax(denoise(x, t_B)[:, 0], axis=-1).astype(x.dtype)
+        return x.at[:, 0].set(first), None
+
+    return jax.lax.scan(body, x_BL, None, length=k)[0]
+
+
+def _compile_times(setup: Setup, models: Models, rule) -> dict:
+    length, keys_B = setup.sizes[0], example_keys(0, np.arange(1))
+    seconds = {}
+    for num_steps in (8, 1024):
+        fn = jax.jit(lambda p, keys, n=num_steps: sample(
+            lambda x, t: apply_model(models.graphdef, p, x, t), rule, keys, length, n))
+        seconds[num_steps] = compile_timed(fn, models.params, keys_B, options=setup.compiler_options)[1]
+    return dict(compile_k8_s=seconds[8], compile_k1024_s=seconds[1024], compile_ratio=seconds[1024] / seconds[8])

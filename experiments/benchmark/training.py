@@ -18,12 +18,29 @@ from dllm_jax.training import TrainState, jit_train_step, make_optimizer, make_t
 from .sampling import random_params
 from .setup import Setup
 
+MFU_FORMULA = (
+    "(6 * matmul params + 12 * layers * d_model * seq_len) * tokens/s / matmul peak: PaLM's "
+    "count of the FLOPs a step must do (forward + backward of every matmul, the output head "
+    "included, the input embedding lookup not; attention's score and value products over the "
+    "full L x L, which bidirectional attention computes); norms, softmaxes, the loss and the "
+    "optimizer are work outside it"
+)
+
 # ---- training -------------------------------------------------------------------------
 
 
-def training(setup: Setup) -> dict:
-    """Train-step throughput on synthetic tokens (``finalize`` adds the MFU)."""
-    cfg, batch, seq = setup.train_model, setup.train_batch, setup.train_seq
+def training(setup: Setup) -> list[dict]:
+    """Train-step throughput on synthetic tokens, the layer scan (the default; the target's
+    row) and the layers unrolled (``ModelConfig.scan_unroll``); ``finalize`` adds the MFU."""
+    cfg = setup.train_model
+    rows = [_train_row(setup, cfg, "layer scan")]
+    if cfg.num_layers > 1:
+        rows.append(_train_row(setup, dataclasses.replace(cfg, scan_unroll=cfg.num_layers), "unrolled"))
+    return rows
+
+
+def _train_row(setup: Setup, cfg, variant: str) -> dict:
+    batch, seq = setup.train_batch, setup.train_seq
     train = TrainConfig(batch_size=batch, seq_len=seq, steps=1000, warmup_steps=0)
     mesh = make_mesh(MeshConfig())
     graphdef, params = random_params(cfg, mesh)
@@ -53,6 +70,7 @@ def training(setup: Setup) -> dict:
     flops_per_token = 6.0 * n_mm + 12.0 * cfg.num_layers * cfg.d_model * seq
     tokens_per_s = batch * seq / step_s
     return dict(
+        variant=variant,
         model=dataclasses.asdict(cfg),
         params=count_params(state.params),
         matmul_params=n_mm,
@@ -62,5 +80,5 @@ def training(setup: Setup) -> dict:
         step_s=step_s,
         tokens_per_s=tokens_per_s,
         flops_per_token=flops_per_token,
-        formula="(6 * matmul params + 12 * layers * d_model * seq_len) * tokens/s / matmul peak",
+        formula=MFU_FORMULA,
     )

@@ -89,6 +89,27 @@ def test_hlo_does_not_grow_with_depth(tokens_BL):
     assert abs(sizes[8] - sizes[2]) < 0.05 * sizes[2], sizes
 
 
+def test_unrolled_layer_scan_equals_the_scan(params, tokens_BL):
+    """``scan_unroll``: the same logits and gradients as the scan (float rounding)."""
+    unrolled = _graphdef(scan_unroll=TINY.num_layers)
+
+    def loss(graphdef, p):
+        return jnp.mean(jax.nn.log_softmax(apply_model(graphdef, p, tokens_BL))[..., 0])
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=1), static_argnums=0)
+    (a, grads_a), (b, grads_b) = grad(_graphdef(), params), grad(unrolled, params)
+    err = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b), strict=True))
+    scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(grads_a))
+    print(f"loss {float(a):.6f} vs {float(b):.6f}; max grad diff {err:.2e} (max grad {scale:.2e})")
+    assert abs(float(a) - float(b)) < 1e-6 and err < 1e-5 * scale
+    x = jnp.zeros_like(tokens_BL)
+    loops = [jax.jit(lambda p, g=g: apply_model(g, p, x)).lower(params).compile().as_text().count(" while(")
+             for g in (_graphdef(), unrolled)]
+    assert loops == [1, 0], loops  # the scan really is unrolled (no loop left)
+    with pytest.raises(ValueError, match="scan_unroll=3 must divide num_layers=2"):
+        dataclasses.replace(TINY, scan_unroll=3)
+
+
 def test_bfloat16_compute_close_to_float32(params, tokens_BL):
     graphdef16, abstract16 = abstract_model(dataclasses.replace(TINY, dtype="bfloat16"))
     # Parameters are stored in float32 whatever the compute dtype.
