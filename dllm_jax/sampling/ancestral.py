@@ -39,14 +39,15 @@ def unmask_probability(process: MaskedProcess, t, s):
 def masked_ancestral_update(process, logits_BLV, tokens_BL, t, s, keys_BL, logits: Logits):
     """One two-stage ancestral update of the masked positions (shared with the cached rule).
 
-    The token draw (a Gumbel-argmax over V at every position) is skipped when no position
-    unmasks, which is most steps when K >> L; it reads the same keys either way.
+    The token draw (one pass over V at every position) is skipped when no position
+    unmasks, which is most steps when K >> L; it reads the same keys either way. With the
+    default ``Logits`` it reads the raw logits (the draw normalises them itself).
     """
     reveal_BL = uniform_BL(keys_BL, TAG_UNMASK) < unmask_probability(process, t, s)
     reveal_BL &= tokens_BL == process.mask_id
 
     def draw():
-        tok_BL = categorical_BL(keys_BL, TAG_TOKEN, logits(logits_BLV))
+        tok_BL = categorical_BL(keys_BL, TAG_TOKEN, logits_BLV if logits.is_identity else logits(logits_BLV))
         return jnp.where(reveal_BL, tok_BL, tokens_BL)
 
     return jax.lax.cond(jnp.any(reveal_BL), draw, lambda: tokens_BL)

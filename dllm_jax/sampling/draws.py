@@ -41,7 +41,7 @@ DRAW_METHOD = "inverse_cdf"
 
 
 def categorical_BL(keys_BL, tag: int, logits_BLV, method: str | None = None):
-    """One draw per position from softmax(logits), int32 (B, L).
+    """One draw per position from softmax(logits), int32 (B, L); logits need not be normalised.
 
     ``method`` (default ``DRAW_METHOD``): ``inverse_cdf``: two uniforms per position, not one random number per token —
     O(B·L) random numbers a step instead of O(B·L·V) (``categorical_inverse_cdf``).
@@ -51,14 +51,24 @@ def categorical_BL(keys_BL, tag: int, logits_BLV, method: str | None = None):
     uniform against the unmask probability), then draw the token here, so no token's share
     falls below float32's reach.
     """
+    return categorical_logp_BL(keys_BL, tag, logits_BLV, method)[0]
+
+
+def categorical_logp_BL(keys_BL, tag: int, logits_BLV, method: str | None = None):
+    """``categorical_BL``'s draw and the drawn token's log-probability under softmax(logits),
+    (int32 (B, L), float32 (B, L)), from the same pass over the vocabulary (the inverse-CDF
+    draw's block masses give the normaliser): a confidence score without a log-softmax."""
     method = DRAW_METHOD if method is None else method
     if method == "gumbel":
-        draw = lambda k, lg: jax.random.categorical(k, lg)
+        def draw(k, lg):
+            tok = jax.random.categorical(k, lg)
+            return tok, lg[tok].astype(jnp.float32) - jax.nn.logsumexp(lg.astype(jnp.float32))
     elif method == "inverse_cdf":
-        draw = categorical_inverse_cdf
+        draw = _inverse_cdf_draw
     else:
         raise ValueError(f"unknown draw method {method!r}; expected inverse_cdf or gumbel")
-    return _per_position(draw, keys_BL, tag, logits_BLV).astype(jnp.int32)
+    tok_BL, logp_BL = _per_position(draw, keys_BL, tag, logits_BLV)
+    return tok_BL.astype(jnp.int32), logp_BL
 
 
 def categorical_inverse_cdf(key, logits_V):
@@ -71,15 +81,23 @@ def categorical_inverse_cdf(key, logits_V):
     V would lose the tail to rounding). Tokens of probability 0 (-inf logits: top-k / top-p)
     are never drawn.
     """
+    return _inverse_cdf_draw(key, logits_V)[0]
+
+
+def _inverse_cdf_draw(key, logits_V):
+    """(token, its log-probability) of ``categorical_inverse_cdf``."""
     V = logits_V.shape[-1]
     C = max(1, math.isqrt(V - 1) + 1)
     nb = -(-V // C)
     lg = jnp.pad(logits_V.astype(jnp.float32), (0, nb * C - V), constant_values=-jnp.inf).reshape(nb, C)
     block_lse = jax.nn.logsumexp(lg, axis=-1)  # (nb,) log block masses (unnormalised)
     u = jax.random.uniform(key, (2,))
-    block = _inverse_cdf(jnp.exp(block_lse - jnp.max(block_lse)), u[0])
+    top = jnp.max(block_lse)
+    block_w = jnp.exp(block_lse - top)
+    block = _inverse_cdf(block_w, u[0])
     within = _inverse_cdf(jnp.exp(lg[block] - block_lse[block]), u[1])
-    return block * C + within
+    logp = lg[block, within] - (top + jnp.log(jnp.sum(block_w)))
+    return block * C + within, logp
 
 
 def _inverse_cdf(weights_N, u):
@@ -142,10 +160,21 @@ class Logits:
     def identity(self) -> bool:
         return self.temperature == 1.0 and self.top_k == 0 and self.top_p == 1.0
 
+    def truncates(self, num_tokens: int) -> bool:
+        """Whether top-k or top-p can drop tokens of a ``num_tokens`` vocabulary."""
+        return bool(self.top_k and self.top_k < num_tokens) or self.top_p < 1.0
+
+    @property
+    def is_identity(self) -> bool:
+        """The defaults: the processed distribution is the model's own."""
+        return self.temperature == 1.0 and not self.top_k and self.top_p == 1.0
+
     def __call__(self, logits_V):
         """Processed log-probabilities (float32), -inf outside the kept set; over the last
         axis, so any leading (batch, position) axes pass through."""
         logp = jax.nn.log_softmax(logits_V.astype(jnp.float32) / self.temperature, axis=-1)
+        if not self.truncates(logp.shape[-1]):  # already normalised: no second pass over V
+            return logp
         if self.top_k and self.top_k < logp.shape[-1]:
             kth = jax.lax.top_k(logp, self.top_k)[0][..., -1:]
             logp = jnp.where(logp >= kth, logp, -jnp.inf)

@@ -33,6 +33,7 @@ from dllm_jax.sampling.draws import (
     TAG_TOKEN,
     Logits,
     categorical_BL,
+    categorical_logp_BL,
 )
 from dllm_jax.sampling.driver import StepRule
 from dllm_jax.sampling.revising import ReMDM, UniformPredictorCorrector
@@ -46,7 +47,7 @@ from dllm_jax.sampling.scores import (
     order_scores,
     rank_BL,
     require_process,
-    token_prob_BL,
+    token_logp_BL,
 )
 
 
@@ -167,9 +168,15 @@ class ConfidenceThreshold(StepRule):
         return ~jnp.any(tokens_BL == self.process.mask_id, axis=1)  # nothing left to unmask
 
     def step(self, denoise, tokens_BL, t, s, keys_BL, state):
-        masked_BL, masked_B, logp_BLV, model_BLV = masked_logp(self, denoise, tokens_BL, t)
-        tok_BL = categorical_BL(keys_BL, TAG_TOKEN, logp_BLV)
-        conf_BL = token_prob_BL(model_BLV, tok_BL)
+        masked_BL = tokens_BL == self.process.mask_id
+        masked_B = jnp.sum(masked_BL, axis=-1)
+        raw_BLV = evaluate_if(masked_B > 0, denoise, tokens_BL, t, self.process.num_tokens)
+        if self.logits.is_identity:  # the draw's own pass over V gives the confidence
+            tok_BL, conf_logp_BL = categorical_logp_BL(keys_BL, TAG_TOKEN, raw_BLV)
+        else:
+            tok_BL = categorical_BL(keys_BL, TAG_TOKEN, self.logits(raw_BLV))
+            conf_logp_BL = token_logp_BL(raw_BLV, tok_BL)
+        conf_BL = jnp.exp(conf_logp_BL)
         floor_BL = rank_BL(conf_BL, masked_BL) < finishing_floor(masked_B, t, s)[:, None]
         chosen_BL = masked_BL & ((conf_BL > self.threshold) | floor_BL)
         return jnp.where(chosen_BL, tok_BL, tokens_BL), (masked_B > 0).astype(jnp.int32), state

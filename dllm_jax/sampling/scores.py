@@ -35,7 +35,8 @@ def masked_logp(rule, denoise, tokens_BL, t):
     masked_BL = tokens_BL == rule.process.mask_id
     masked_B = jnp.sum(masked_BL, axis=-1)
     raw_BLV = evaluate_if(masked_B > 0, denoise, tokens_BL, t, rule.process.num_tokens)
-    return masked_BL, masked_B, rule.logits(raw_BLV), model_logp(raw_BLV)
+    logp_BLV = rule.logits(raw_BLV)
+    return masked_BL, masked_B, logp_BLV, logp_BLV if rule.logits.is_identity else model_logp(raw_BLV)
 
 
 def model_logp(raw_BLV):
@@ -45,14 +46,33 @@ def model_logp(raw_BLV):
     return jax.nn.log_softmax(raw_BLV, axis=-1)
 
 
+PAIRWISE_RANK_MAX_LEN = 256  # up to here ranks count pairs (B x L x L), beyond they sort
+
+
 def rank_BL(score_BL, candidate_BL):
     """Each position's rank by descending score among candidates (0 = best), (B, L).
 
     Ties go to the lower position index (stable sort); non-candidates rank after all
-    candidates. Choosing ``rank < n`` selects a row's top n with a traced n.
+    candidates. Choosing ``rank < n`` selects a row's top n with a traced n. Rows of up to
+    ``PAIRWISE_RANK_MAX_LEN`` positions count, for each position, the positions ordered
+    before it (one fused comparison, no sort: two argsorts cost more than the rest of a
+    threshold step on CPU); longer rows sort. Both give the same ranks.
     """
-    order_BL = jnp.argsort(jnp.where(candidate_BL, -score_BL, jnp.inf), axis=-1, stable=True)
-    return jnp.argsort(order_BL, axis=-1)
+    key_BL = jnp.where(candidate_BL, -score_BL, jnp.inf)  # ascending: best first
+    if key_BL.shape[-1] > PAIRWISE_RANK_MAX_LEN:
+        order_BL = jnp.argsort(key_BL, axis=-1, stable=True)
+        return jnp.argsort(order_BL, axis=-1)
+    idx_L = jnp.arange(key_BL.shape[-1])
+    other_BLL, this_BLL = key_BL[..., None, :], key_BL[..., :, None]
+    before_BLL = (other_BLL < this_BLL) | ((other_BLL == this_BLL) & (idx_L[None, :] < idx_L[:, None]))
+    return jnp.sum(before_BLL, axis=-1).astype(jnp.int32)
+
+
+def token_logp_BL(raw_BLV, tok_BL):
+    """log softmax(raw)[token] at each position, without the (B, L, V) log-softmax."""
+    raw_BLV = raw_BLV.astype(jnp.float32)
+    picked_BL = jnp.take_along_axis(raw_BLV, tok_BL[..., None], axis=-1)[..., 0]
+    return picked_BL - jax.nn.logsumexp(raw_BLV, axis=-1)
 
 
 def token_prob_BL(logp_BLV, tok_BL):

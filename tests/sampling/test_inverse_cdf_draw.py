@@ -1,7 +1,8 @@
 """The samplers' token draw (``categorical_BL``, two-level inverse CDF from two uniforms per
 position) is the categorical law: a chi-square fit over 1,000 tokens with -inf entries, and
 the 50,000-token tail regime of ``test_exact_categorical`` (half the mass spread at 1e-5
-per token) keeps its share."""
+per token) keeps its share; the drawn token's log-probability from the same pass, and the
+pair-count ranks, equal their slow references."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dllm_jax.sampling.draws import categorical_BL
+from dllm_jax.sampling.draws import categorical_BL, categorical_logp_BL
+from dllm_jax.sampling.scores import PAIRWISE_RANK_MAX_LEN, rank_BL
 
 
 def _draws(logits_V, n, seed, method="inverse_cdf"):
@@ -57,3 +59,29 @@ def test_the_tail_of_50k_tokens_keeps_its_share():
     assert abs(share - 0.5) < 4 * se
     # and it is spread over the tail, not stuck on a few tokens: ~n/2 draws over 49,999 tokens
     assert len(np.unique(toks)) > 0.95 * (V - 1) * (1 - math.exp(-n / 2 / (V - 1)))
+
+
+@pytest.mark.parametrize("method", ["inverse_cdf", "gumbel"])
+def test_the_drawn_tokens_log_probability_is_the_log_softmax(method):
+    """``categorical_logp_BL``: the same tokens as ``categorical_BL`` and, from the draw's own
+    pass, log softmax(logits)[token] (unnormalised logits, -inf entries, two vocabulary sizes)."""
+    for V in (50, 1000):
+        logits_BLV = 3.0 * jax.random.normal(jax.random.key(V), (3, 40, V)) + 7.0
+        logits_BLV = logits_BLV.at[:, :, :V // 3].set(-jnp.inf)
+        keys_BL = jax.random.split(jax.random.key(2), 120).reshape(3, 40)
+        tok, logp = categorical_logp_BL(keys_BL, 4, logits_BLV, method)
+        np.testing.assert_array_equal(tok, categorical_BL(keys_BL, 4, logits_BLV, method))
+        want = jnp.take_along_axis(jax.nn.log_softmax(logits_BLV), tok[..., None], axis=-1)[..., 0]
+        assert int(jnp.min(tok)) >= V // 3  # never a token of probability 0
+        np.testing.assert_allclose(logp, want, atol=2e-5)
+
+
+@pytest.mark.parametrize("length", [48, PAIRWISE_RANK_MAX_LEN + 8])
+def test_ranks_by_pair_counts_equal_ranks_by_sorting(length):
+    """``rank_BL`` (pair counts up to PAIRWISE_RANK_MAX_LEN positions, sorting beyond) equals
+    the stable double argsort: descending score, ties to the lower position, non-candidates last."""
+    score = jnp.round(jax.random.uniform(jax.random.key(0), (4, length)), 1)  # many ties
+    candidate = jax.random.bernoulli(jax.random.key(1), 0.6, (4, length))
+    key = jnp.where(candidate, -score, jnp.inf)
+    want = np.argsort(np.argsort(np.asarray(key), axis=-1, kind="stable"), axis=-1)
+    np.testing.assert_array_equal(rank_BL(score, candidate), want)
