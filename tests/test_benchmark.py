@@ -5,6 +5,7 @@ import json
 import pytest
 
 from experiments import benchmark
+from experiments.benchmark.peer import REFERENCE_DIR
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +134,29 @@ def test_markdown_lists_every_record(run):
 
 @pytest.mark.parametrize(
     "flags",
-    [["--steps", "16,0"], ["--steps", "x"], ["--sizes", "0"], ["--sections", "sampling,nope"]],
+    [["--steps", "16,0"], ["--steps", "x"], ["--sizes", "0"], ["--sections", "sampling,nope"], ["--peer", "sedd"]],
 )
 def test_bad_flags_are_refused(flags):
     with pytest.raises(ValueError):
         benchmark.default_setup(benchmark.parse_args(["--tiny", *flags]), "cpu")
+
+
+@pytest.mark.slow
+def test_peer_mode_runs_md4s_configuration_beside_its_recorded_figures(tmp_path):
+    """``--peer md4`` alone (tiny): our train/sampler rows beside md4's figures from
+    benchmarks/peer_md4, with md4's commit; the ratios are ours over md4's."""
+    out = tmp_path / "results"
+    result = benchmark.main(["--tiny", "--sections", "", "--peer", "md4", "--out", str(out)])
+    peer, ref = result["peer"], json.loads((REFERENCE_DIR / "md4_cpu.json").read_text())
+    assert peer["md4_commit"] == ref["md4_commit"] and len(peer["md4_commit"]) == 40
+    assert [r["variant"] for r in peer["train"]] == ["layer scan", "unrolled"]
+    for r in peer["train"]:
+        assert r["md4_step_s"] == ref["results"]["train_step_s"]
+        assert r["ratio"] == pytest.approx(r["step_s"] / r["md4_step_s"])
+    assert [s["md4_per_step_s"] for s in peer["sampler"]] == [
+        v["per_step_s"] for v in ref["results"]["sampler"].values()]
+    for s in peer["sampler"]:
+        assert s["passes"] == s["k"] and s["per_step_s"] == pytest.approx(s["run_s"] / s["k"])
+    targets = {t["target"]: t for t in result["targets"]}
+    assert targets[benchmark.TARGETS["peer_train"]]["met"] is None  # tiny: not comparable
+    assert "### Peer: md4" in (tmp_path / "RESULTS.md").read_text()

@@ -2,7 +2,7 @@
 
     python -m experiments.benchmark [--tiny] [--out benchmarks/results] [--sizes 256,1024]
         [--batch 1,32] [--steps 16,64,256,L] [--cached_steps L,4L] [--device_label NAME]
-        [--run_dir RUN] [--sections sampling,scan,training]
+        [--run_dir RUN] [--sections sampling,scan,training] [--peer md4]
 
 Writes ``<out>/<device-slug>.json`` and regenerates ``<out>/../RESULTS.md`` (one section
 per JSON file in ``<out>``, see ``render_markdown``). Targets are measured, never asserted.
@@ -28,6 +28,10 @@ What is measured, and how:
   (2 x matmul params x tokens + 4 x layers x d_model x keys per token) to cross-check.
 - Roofline: intensity = FLOPs / bytes vs the machine balance: above it compute-bound, below
   memory-bound (XLA's bytes count every fusion's operands and results as memory traffic).
+- Peer mode (``--peer md4``): google-deepmind/md4's configuration (V 8,192, L 128, 6 x 256,
+  adaLN, fp32) on our code, train step at batch 32 and ancestral sampler per step at batch
+  4 x 128, beside md4's figures recorded on the same machine (``benchmarks/peer_md4``: the
+  script that measured them, md4's commit). ``--sections ''`` measures the peer mode alone.
 - Training: MFU = (6 x matmul params + 12 x layers x d_model x seq_len) x tokens/s / peak
   (PaLM's formula; matmul params exclude the input embedding).
 """
@@ -42,6 +46,7 @@ from pathlib import Path
 import jax
 
 from .cost import PassCosts, best_peaks, loop_counting, measure_peaks
+from .peer import peer_md4
 from .report import device_info, render_markdown, targets, write_results
 from .sampling import build_models, finish_record, sampling_records
 from .scan import scan_overhead
@@ -78,6 +83,7 @@ def parse_args(argv):
     p.add_argument(
         "--run_dir", help="load a trained masked diffusion model instead of a random one"
     )
+    p.add_argument("--peer", help="also run a peer's configuration on our code: md4")
     return p.parse_args(argv)
 
 
@@ -123,6 +129,8 @@ def main(argv=None) -> dict:
         result["scan"] = scan_overhead(setup, models)
     if "training" in setup.sections:
         result["training"] = training(setup)
+    if setup.peer == "md4":
+        result["peer"] = peer_md4(setup, dev["platform"])
     result["peaks"] = best_peaks([peaks, measure_peaks(setup)])
     finalize(result)
     out_dir = Path(args.out)

@@ -66,6 +66,7 @@ def targets(result: dict) -> list[dict]:
             measured=f"{tr['mfu']:.1%} ({model})", met=tr["mfu"] >= (0.40 if gpu else 0.50)
         )
     out.append(_draw_target(result.get("records", [])))
+    out += _peer_targets(result.get("peer"))
     recs = [r for r in result.get("records", []) if r["length"] == 256 and r["batch"] == 1]
     ar = [r for r in recs if r["method"] == "ar-kv-cache"]
     diff = [r for r in recs if r["method"] != "ar-kv-cache"]
@@ -88,6 +89,22 @@ def _draw_target(records: list[dict]) -> dict:
         row.update(measured=f"{ratio:.2f} x ({pick['ancestral']['tokens_per_s']:,.0f} vs "
                             f"{pick['ancestral-gumbel']['tokens_per_s']:,.0f} tok/s)", met=ratio >= 1.5)
     return row
+
+
+def _peer_targets(peer: dict | None) -> list[dict]:
+    """Our train step and sampler step over md4's (peer mode; n/a without it)."""
+    rows = [dict(target=TARGETS["peer_train"], measured="not measured (--peer md4)", met=None),
+            dict(target=TARGETS["peer_sampler"], measured="not measured (--peer md4)", met=None)]
+    if not peer:
+        return rows
+    tiny = " (tiny: not comparable)" if peer["tiny"] else ""
+    train = peer["train"][0]  # the default layer scan
+    rows[0].update(measured=f"{train['ratio']:.2f} x ({train['step_s']:.3f} vs {train['md4_step_s']:.3f} s){tiny}",
+                   met=None if peer["tiny"] else train["ratio"] <= 0.8)
+    worst = max(s["ratio"] for s in peer["sampler"])
+    rows[1].update(measured=", ".join(f"K={s['k']} {s['ratio']:.2f} x" for s in peer["sampler"]) + tiny,
+                   met=None if peer["tiny"] else worst <= 0.7)
+    return rows
 
 
 def write_results(result: dict, out_dir: Path, slug: str) -> Path:
@@ -141,6 +158,8 @@ def _device_section(res: dict, fname: str) -> list[str]:
         lines += _scan_table(res["scan"])
     if res.get("training"):
         lines += _training_table(res["training"])
+    if res.get("peer"):
+        lines += _peer_tables(res["peer"])
     return lines
 
 
@@ -194,6 +213,23 @@ def _training_table(rows: list[dict]) -> list[str]:
     lines = ["### Training (synthetic tokens)", "", f"MFU = {rows[0]['formula']}.", ""]
     header = ["model", "layers", "params", "batch x seq", "compile s", "step s", "tok/s", "MFU"]
     return lines + _table(header, out)
+
+
+def _peer_tables(p: dict) -> list[str]:
+    m = p["model"]
+    lines = [f"### Peer: md4 @ {p['md4_commit'][:8]} (its figures: benchmarks/peer_md4, jax {p['md4_jax']})", "",
+             f"Our code at md4's configuration: V {m['num_tokens']}, L {p['seq_len']}, {m['num_layers']} x "
+             f"{m['d_model']} ({m['num_heads']} heads), MLP {m['mlp_dim']}, adaLN time conditioning, "
+             f"{m['dtype']}; md4 {p['md4_config']['param_count'] / 1e6:.2f}M params."
+             + (" Tiny run: a shrunk model, not comparable." if p["tiny"] else ""), ""]
+    train = [[r["variant"], f"{r['params'] / 1e6:.2f}M", f"{p['train_batch']} x {p['seq_len']}",
+              f"{r['step_s']:.4f}", f"{r['md4_step_s']:.4f}", f"{r['ratio']:.2f}"] for r in p["train"]]
+    lines += _table(["train step (ours)", "params", "batch x seq", "ours s", "md4 s", "ratio"], train)
+    samp = [[s["k"], f"{p['sample_batch']} x {p['seq_len']}", s["passes"], f"{s['per_step_s']:.4f}", s["md4_passes"],
+             f"{s['md4_per_step_s']:.4f}", f"{s['ratio']:.2f}"] for s in p["sampler"]]
+    lines += _table(["ancestral K", "batch x L", "our passes", "ours s/step", "md4 passes", "md4 s/step", "ratio"],
+                    samp)
+    return lines + ["md4 runs K + 1 network passes (a final decode at t = 0); per step = run time / K for both.", ""]
 
 
 def _yes(met) -> str:

@@ -147,7 +147,7 @@ def measure_sampler(setup, models: Models, costs: PassCosts, length, batch, meth
         if draw != previous:  # which jit's trace cache does not key on: trace afresh
             jax.clear_caches()
         try:
-            compiled, compile_s, run_s, nfe, canvas = _time_generate(
+            compiled, compile_s, run_s, nfe, canvas = time_generate(
                 setup, gd, params, length, batch, rule, k, block, cache)
         finally:
             draws.DRAW_METHOD = previous
@@ -182,7 +182,7 @@ def _time_ar(setup, models: Models, length, batch):
     return compiled, compile_s, run_s, np.full((batch,), length)
 
 
-def _time_generate(setup, gd, params, length, batch, rule, k, block, cache):
+def time_generate(setup, gd, params, length, batch, rule, k, block, cache):
     """(compiled, compile s, run s, NFE per row, canvas length) of one ``generate`` program."""
     program = generate_program(gd, params, [[]] * batch, length=length, rule=rule, num_steps=k,
                                block_size=block, cache=cache)

@@ -11,6 +11,7 @@ from dllm_jax.sampling.canvas import round_up
 # Cost-only compiles skip LLVM optimisation: cost analysis reads the optimised HLO, unchanged.
 COST_ONLY = {"xla_backend_optimization_level": 0}
 SECTIONS = ("sampling", "scan", "training")
+PEERS = ("md4",)
 RANDOM_NOTE = "random N(0, 0.02^2) weights: speed does not depend on them"
 SAMPLING_NOTE = (
     "GFLOP and GB: the network passes only (XLA cost of one pass x passes), not the step rules' "
@@ -34,6 +35,8 @@ TARGETS = {
     "train_cpu": "training >= 50% of the matmul peak (CPU, d_model=512)",
     "train_gpu": "training >= 40% MFU (GPU, ~125M params, bf16)",
     "ar_gpu": "diffusion >= 3 x AR tokens/s at 256 tokens, batch 1 (GPU only)",
+    "peer_train": "train step <= 0.8 x md4's at md4's configuration (peer mode)",
+    "peer_sampler": "sampler step <= 0.7 x md4's per step, batch 4 x 128 (peer mode)",
     "draw": "ancestral K=16, batch 1, 128 tokens: >= 1.5 x the tokens/s of the Gumbel draw (same run)",
 }
 
@@ -63,6 +66,7 @@ class Setup:
     run_dir: str | None = None
     compiler_options: dict | None = None  # of the timed programs; tiny mode compiles fast (O0)
     time_budget_s: float | None = None  # fewer timed runs (>= 1) when one run is this long
+    peer: str | None = None  # a peer's configuration on our code, beside its recorded figures
 
 
 _GPU_MODEL = ModelConfig(num_tokens=50257, max_len=1024, d_model=768, num_layers=12, num_heads=12,
@@ -103,7 +107,9 @@ def default_setup(args, platform: str) -> Setup:
     _check(fields)
     need = max(round_up(s, fields["block"]) for s in fields["sizes"])
     fields["model"] = dataclasses.replace(fields["model"], max_len=max(fields["model"].max_len, need))
-    return Setup(tiny=args.tiny, run_dir=args.run_dir, **fields)
+    if args.peer is not None and args.peer not in PEERS:
+        raise ValueError(f"unknown peer {args.peer!r}; expected one of {PEERS}")
+    return Setup(tiny=args.tiny, run_dir=args.run_dir, peer=args.peer, **fields)
 
 
 def _check(fields: dict) -> None:

@@ -26,6 +26,31 @@ MFU_FORMULA = (
     "optimizer are work outside it"
 )
 
+def train_step_time(setup: Setup, cfg, train: TrainConfig, reps: int | None = None):
+    """(compile s, median step s, state) of the sharded masked-diffusion train step on random
+    tokens, random N(0, 0.02^2) parameters; with ``train.ema_decay`` the EMA is updated too."""
+    batch, seq = train.batch_size, train.seq_len
+    mesh = make_mesh(MeshConfig())
+    graphdef, params = random_params(cfg, mesh)
+    tx = make_optimizer(train, abstract_model(cfg)[1])
+    ema = jax.tree.map(jnp.copy, params) if train.ema_decay > 0 else None
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=jax.jit(tx.init)(params), ema=ema)
+    step = jit_train_step(make_train_step(make_objective(NoiseConfig(), cfg.num_tokens), graphdef, tx, train),
+                          state, mesh)
+    tokens = jax.random.randint(jax.random.key(0), (batch, seq), 0, cfg.num_tokens, jnp.int32)
+    data = {"tokens": tokens, "loss_mask": jnp.ones((batch, seq), bool), "index": jnp.arange(batch)}
+    with jax.set_mesh(mesh):
+        compiled, compile_s = compile_timed(step.jitted, state, data, options=setup.compiler_options)
+        holder = [state]
+
+        def run():
+            holder[0], metrics = compiled(holder[0], data)
+            return metrics
+
+        step_s, _ = median_time(run, setup.warmup, reps or setup.train_steps, setup.time_budget_s)
+    return compile_s, step_s, holder[0]
+
+
 # ---- training -------------------------------------------------------------------------
 
 
@@ -41,31 +66,8 @@ def training(setup: Setup) -> list[dict]:
 
 def _train_row(setup: Setup, cfg, variant: str) -> dict:
     batch, seq = setup.train_batch, setup.train_seq
-    train = TrainConfig(batch_size=batch, seq_len=seq, steps=1000, warmup_steps=0)
-    mesh = make_mesh(MeshConfig())
-    graphdef, params = random_params(cfg, mesh)
-    tx = make_optimizer(train, abstract_model(cfg)[1])
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=jax.jit(tx.init)(params)
-    )
-    step = jit_train_step(
-        make_train_step(make_objective(NoiseConfig(), cfg.num_tokens), graphdef, tx, train),
-        state,
-        mesh,
-    )
-    tokens = jax.random.randint(jax.random.key(0), (batch, seq), 0, cfg.num_tokens, jnp.int32)
-    data = {"tokens": tokens, "loss_mask": jnp.ones((batch, seq), bool), "index": jnp.arange(batch)}
-    with jax.set_mesh(mesh):
-        compiled, compile_s = compile_timed(
-            step.jitted, state, data, options=setup.compiler_options
-        )
-        holder = [state]
-
-        def run():
-            holder[0], metrics = compiled(holder[0], data)
-            return metrics
-
-        step_s, _ = median_time(run, setup.warmup, setup.train_steps, setup.time_budget_s)
+    compile_s, step_s, state = train_step_time(setup, cfg, TrainConfig(batch_size=batch, seq_len=seq, steps=1000,
+                                                                       warmup_steps=0))
     n_mm = count_params(state.params) - cfg.vocab_size * cfg.d_model
     flops_per_token = 6.0 * n_mm + 12.0 * cfg.num_layers * cfg.d_model * seq
     tokens_per_s = batch * seq / step_s
