@@ -40,6 +40,12 @@ class ModelConfig:
       dtype: compute dtype; parameters are always stored in float32.
       vocab_multiple: the embedding table is padded to a multiple of this (TPU-friendly).
       remat: rematerialise each block in the backward pass (less memory, more compute).
+      layer_saves: what a full pass keeps of each layer for the backward pass (without
+        ``remat``): ``dots``, the matmul outputs only (norms, activations and the attention
+        softmax are recomputed: ``jax.checkpoint_policies.dots_saveable``), or ``all`` (what
+        JAX keeps by default, e.g. every layer's (B, H, L, L) attention probabilities, stacked
+        by the layer scan). ``dots`` ran the CPU train step 1.15x (d_model 512) and 1.15x
+        (md4's configuration) faster: benchmarks/RESULTS.md. The same numbers either way.
       shift: Dream's shifted prediction: the network's output at position i predicts token
         i + 1 (position 0 predicts itself), so a token's prediction is computed where its
         left neighbour sits — the structure of an AR model. The returned logits are already
@@ -69,6 +75,7 @@ class ModelConfig:
     rope_theta: float = 10_000.0
     vocab_multiple: int = 1
     remat: bool = False
+    layer_saves: Literal["dots", "all"] = "dots"
     shift: bool = False
     attention_bias: Literal["none", "alibi"] = "none"
     embed_init_std: float = 1.0
@@ -148,6 +155,7 @@ class ModelConfig:
     def _check_attention(self):
         """Attention kinds, implementation, shifted prediction."""
         one_of(self, "attention_impl", ("xla", "cudnn"))
+        one_of(self, "layer_saves", ("dots", "all"))
         if self.attention_impl == "cudnn" and self.dtype != "bfloat16":
             raise ValueError("ModelConfig.attention_impl='cudnn' needs dtype='bfloat16' (cuDNN's fused attention "
                              f"runs in half precision), got dtype={self.dtype!r}")

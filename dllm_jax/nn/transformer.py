@@ -195,8 +195,10 @@ class Transformer(nnx.Module):
             def body(block, x, mask, pos, s, c, cond):
                 return block(x, mask, pos, s, c, cond)
 
-            if config.remat:
+            if config.remat:  # keep nothing: recompute the whole block
                 body = nnx.remat(body)
+            elif config.layer_saves == "dots":  # keep matmul outputs, recompute the rest
+                body = nnx.remat(body, policy=jax.checkpoint_policies.dots_saveable, prevent_cse=False)
 
             @nnx.scan(in_axes=(0, nnx.Carry, None, None, None, None, None), out_axes=nnx.Carry,
                       unroll=config.scan_unroll, transform_metadata=_LAYERS)

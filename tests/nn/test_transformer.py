@@ -89,22 +89,26 @@ def test_hlo_does_not_grow_with_depth(tokens_BL):
     assert abs(sizes[8] - sizes[2]) < 0.05 * sizes[2], sizes
 
 
-def test_unrolled_layer_scan_equals_the_scan(params, tokens_BL):
-    """``scan_unroll``: the same logits and gradients as the scan (float rounding)."""
-    unrolled = _graphdef(scan_unroll=TINY.num_layers)
-
+def test_layer_scan_variants_give_the_same_gradients(params, tokens_BL):
+    """``scan_unroll`` and ``layer_saves`` (what the backward keeps) change the program, not
+    the numbers: the same loss and gradients as the default (scan, matmul outputs saved)."""
     def loss(graphdef, p):
         return jnp.mean(jax.nn.log_softmax(apply_model(graphdef, p, tokens_BL))[..., 0])
 
     grad = jax.jit(jax.value_and_grad(loss, argnums=1), static_argnums=0)
-    (a, grads_a), (b, grads_b) = grad(_graphdef(), params), grad(unrolled, params)
-    err = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b), strict=True))
-    scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(grads_a))
-    print(f"loss {float(a):.6f} vs {float(b):.6f}; max grad diff {err:.2e} (max grad {scale:.2e})")
-    assert abs(float(a) - float(b)) < 1e-6 and err < 1e-5 * scale
+    base, grads_base = grad(_graphdef(), params)
+    scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(grads_base))
+    variants = dict(unrolled=dict(scan_unroll=TINY.num_layers), saves_all=dict(layer_saves="all"),
+                    remat=dict(remat=True))
+    for name, changes in variants.items():
+        value, grads = grad(_graphdef(**changes), params)
+        err = max(float(jnp.max(jnp.abs(x - y)))
+                  for x, y in zip(jax.tree.leaves(grads_base), jax.tree.leaves(grads), strict=True))
+        print(f"{name}: loss {float(value):.6f} vs {float(base):.6f}; max grad diff {err:.2e} (max {scale:.2e})")
+        assert abs(float(value) - float(base)) < 1e-6 and err < 1e-5 * scale, name
     x = jnp.zeros_like(tokens_BL)
     loops = [jax.jit(lambda p, g=g: apply_model(g, p, x)).lower(params).compile().as_text().count(" while(")
-             for g in (_graphdef(), unrolled)]
+             for g in (_graphdef(), _graphdef(**variants["unrolled"]))]
     assert loops == [1, 0], loops  # the scan really is unrolled (no loop left)
     with pytest.raises(ValueError, match="scan_unroll=3 must divide num_layers=2"):
         dataclasses.replace(TINY, scan_unroll=3)
