@@ -59,7 +59,7 @@ def matmul_2d(x, w_IO):
     contraction over the tokens. With several leading axes (B, L), XLA:CPU lowers that
     gradient to a dot needing a transposed copy of the activation gradient, which costs as
     much as the matmul itself (a d_model-512 SwiGLU layer's backward ran at 101 vs 164
-    GFLOP/s; benchmarks/training).
+    GFLOP/s; benchmarks/train_step).
     """
     lead = x.shape[:-1]
     return jnp.dot(x.reshape(-1, x.shape[-1]), w_IO).reshape(*lead, w_IO.shape[-1])

@@ -26,9 +26,10 @@ MFU_FORMULA = (
     "optimizer are work outside it"
 )
 
-def train_step_time(setup: Setup, cfg, train: TrainConfig, reps: int | None = None):
+def train_step_time(setup: Setup, cfg, train: TrainConfig, reps: int | None = None, trace_dir: str | None = None):
     """(compile s, median step s, state) of the sharded masked-diffusion train step on random
-    tokens, random N(0, 0.02^2) parameters; with ``train.ema_decay`` the EMA is updated too."""
+    tokens, random N(0, 0.02^2) parameters; with ``train.ema_decay`` the EMA is updated too.
+    ``trace_dir``: the warm-up runs first, then the timed steps under ``jax.profiler.trace``."""
     batch, seq = train.batch_size, train.seq_len
     mesh = make_mesh(MeshConfig())
     graphdef, params = random_params(cfg, mesh)
@@ -47,7 +48,13 @@ def train_step_time(setup: Setup, cfg, train: TrainConfig, reps: int | None = No
             holder[0], metrics = compiled(holder[0], data)
             return metrics
 
-        step_s, _ = median_time(run, setup.warmup, reps or setup.train_steps, setup.time_budget_s)
+        if trace_dir is None:
+            step_s, _ = median_time(run, setup.warmup, reps or setup.train_steps, setup.time_budget_s)
+        else:
+            for _ in range(setup.warmup):
+                jax.block_until_ready(run())
+            with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+                step_s, _ = median_time(run, 0, reps or setup.train_steps)
     return compile_s, step_s, holder[0]
 
 
