@@ -44,8 +44,8 @@ class ModelConfig:
         ``remat``): ``dots``, the matmul outputs only (norms, activations and the attention
         softmax are recomputed: ``jax.checkpoint_policies.dots_saveable``), or ``all`` (what
         JAX keeps by default, e.g. every layer's (B, H, L, L) attention probabilities, stacked
-        by the layer scan). ``dots`` ran the CPU train step 1.15x (d_model 512) and 1.15x
-        (md4's configuration) faster: benchmarks/RESULTS.md. The same numbers either way.
+        by the layer scan). ``dots`` ran the CPU train step 1.15x (d_model 512) and 1.17x
+        (md4's configuration) faster: benchmarks/train_step. The same numbers either way.
       shift: Dream's shifted prediction: the network's output at position i predicts token
         i + 1 (position 0 predicts itself), so a token's prediction is computed where its
         left neighbour sits — the structure of an AR model. The returned logits are already
@@ -59,6 +59,13 @@ class ModelConfig:
       context_attention: block-causal models only: how finished (clean) blocks attend among
         themselves: ``block_causal`` (BD3-LM) or ``causal`` (Fast-dLLM v2: an AR model adapted
         to blocks keeps its causal context; needs ``generate(cache="exact")``).
+      attention_impl: ``jax.nn.dot_product_attention``'s implementation: ``xla`` (any
+        platform) or ``cudnn`` (NVIDIA's fused kernel; bf16 only).
+      scan_unroll: layers per iteration of the layer scan in full passes (training,
+        evaluation); ``num_layers`` unrolls it. The scan keeps the program's size and compile
+        time independent of depth; unrolling drops its per-layer bookkeeping (weight slices,
+        stacked residuals), but with ``layer_saves="dots"`` the scan was the faster of the
+        two on CPU (benchmarks/train_step). Numerically the same model.
     """
 
     num_tokens: int
