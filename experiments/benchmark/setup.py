@@ -19,7 +19,9 @@ SAMPLING_NOTE = (
     "network passes: each pass shape timed alone (8 passes scanned in one program) x its count; "
     "within a few % of 0 it is timing noise, and negative where the sampler's passes ran faster "
     "than the same shape alone (the approximate cache's refresh is timed as a cache-writing chunk). "
-    "ancestral-gumbel: the earlier Gumbel-argmax draw (V random numbers per position). Rules that skip passes "
+    "Random numbers per step (inverse-CDF draw): ancestral 3 x B x L (one uniform for the unmask "
+    "decision, two for the token), threshold 2 x B x L, besides B x L key derivations; "
+    "ancestral-gumbel: the earlier Gumbel-argmax draw, B x L x V + B x L. Rules that skip passes "
     "(cached, threshold) run one for the whole batch when any row needs it: at batch > 1 the "
     "count used, the largest NFE over the rows, is a lower bound. K/blk: steps per block."
 )
