@@ -28,7 +28,7 @@ from dllm_jax.data.corpus import make_source
 from dllm_jax.diffusion import noise_process
 from dllm_jax.evaluation.quality import quality_report
 from dllm_jax.evaluation.revision import revision_meter
-from dllm_jax.sampling import ancestral, generate, revise
+from dllm_jax.sampling import Logits, ancestral, generate, revise
 from dllm_jax.training.run_dir import load_judge, load_run
 
 
@@ -55,7 +55,8 @@ def study_run(name, run_dir, judge, args) -> dict:
         raise ValueError(f"the judge's tokenizer differs from {run_dir}'s")
     process = noise_process(objective)
     length = args.length
-    gen = generate(graphdef, params, [[]] * args.samples, length=length, rule=ancestral(process),
+    rule = ancestral(process, Logits(temperature=args.temperature))
+    gen = generate(graphdef, params, [[]] * args.samples, length=length, rule=rule,
                    num_steps=args.steps, seed=args.seed)
     samples = np.asarray(gen.tokens[:, :length])
     rows = []
@@ -93,7 +94,8 @@ def study_run(name, run_dir, judge, args) -> dict:
 def write_report(records, args, out: Path):
     lines = ["# Self-correction on real text", "",
              f"Command: `python -m experiments.revision_study {' '.join(args.argv)}`", "",
-             f"{args.samples} unprompted samples of {args.length} tokens, K = {args.steps} ancestral steps, then n "
+             f"{args.samples} unprompted samples of {args.length} tokens, K = {args.steps} ancestral steps "
+             f"(temperature {args.temperature}), then n "
              f"correction rounds at t = {args.t} (1 NFE each); judge: `{args.judge}`. A correction: that one "
              "change alone lowers the judge's NLL of the sample.", "",
              "| run | bound (nats) | rounds | NFE | gen ppl | entropy | tokens changed / sample | corrections |",
@@ -124,6 +126,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, nargs="+", default=[0, 4, 16])
     parser.add_argument("--demo_rounds", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--t", type=float, default=0.1)
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="of the K ancestral steps (e.g. to match another model's entropy)")
     parser.add_argument("--corrupt", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/revision")
