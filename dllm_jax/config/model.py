@@ -41,10 +41,10 @@ class ModelConfig:
       vocab_multiple: the embedding table is padded to a multiple of this (TPU-friendly).
       remat: rematerialise each block in the backward pass (less memory, more compute).
       layer_saves: what a full pass keeps of each layer for the backward pass (without
-        ``remat``): ``dots``, the matmul outputs only (norms, activations and the attention
-        softmax are recomputed: ``jax.checkpoint_policies.dots_saveable``), or ``all`` (what
-        JAX keeps by default, e.g. every layer's (B, H, L, L) attention probabilities, stacked
-        by the layer scan). ``dots`` ran the CPU train step 1.15x (d_model 512) and 1.17x
+        ``remat``): ``dots``, the matmul outputs only (attention's score product included;
+        norms, activations and the softmax's exp and normalisation are recomputed:
+        ``jax.checkpoint_policies.dots_saveable``), or ``all`` (what JAX keeps by default:
+        also the softmax's (B, H, L, L) intermediates, stacked by the layer scan). ``dots`` ran the CPU train step 1.15x (d_model 512) and 1.17x
         (md4's configuration) faster: benchmarks/train_step. The same numbers either way.
       shift: Dream's shifted prediction: the network's output at position i predicts token
         i + 1 (position 0 predicts itself), so a token's prediction is computed where its

@@ -198,7 +198,8 @@ class Transformer(nnx.Module):
             if config.remat:  # keep nothing: recompute the whole block
                 body = nnx.remat(body)
             elif config.layer_saves == "dots":  # keep matmul outputs, recompute the rest
-                body = nnx.remat(body, policy=jax.checkpoint_policies.dots_saveable, prevent_cse=False)
+                body = nnx.remat(body, policy=jax.checkpoint_policies.dots_saveable,
+                                 prevent_cse=config.scan_unroll == config.num_layers)  # safe off inside a loop
 
             @nnx.scan(in_axes=(0, nnx.Carry, None, None, None, None, None), out_axes=nnx.Carry,
                       unroll=config.scan_unroll, transform_metadata=_LAYERS)

@@ -61,8 +61,9 @@ def categorical_logp_BL(keys_BL, tag: int, logits_BLV, method: str | None = None
     method = DRAW_METHOD if method is None else method
     if method == "gumbel":
         def draw(k, lg):
+            lg = lg.astype(jnp.float32)
             tok = jax.random.categorical(k, lg)
-            return tok, lg[tok].astype(jnp.float32) - jax.nn.logsumexp(lg.astype(jnp.float32))
+            return tok, lg[tok] - jax.nn.logsumexp(lg)
     elif method == "inverse_cdf":
         draw = _inverse_cdf_draw
     else:
@@ -155,10 +156,6 @@ class Logits:
             raise ValueError(f"top_k must be an integer >= 0 (0 keeps all tokens), got {self.top_k!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-
-    @property
-    def identity(self) -> bool:
-        return self.temperature == 1.0 and self.top_k == 0 and self.top_p == 1.0
 
     def truncates(self, num_tokens: int) -> bool:
         """Whether top-k or top-p can drop tokens of a ``num_tokens`` vocabulary."""

@@ -58,7 +58,8 @@ def rank_BL(score_BL, candidate_BL):
     before it (one fused comparison, no sort: two argsorts cost more than the rest of a
     threshold step on CPU); longer rows sort. Both give the same ranks.
     """
-    key_BL = jnp.where(candidate_BL, -score_BL, jnp.inf)  # ascending: best first
+    # ascending: best first; a NaN score ranks with the non-candidates (as a sort puts it last)
+    key_BL = jnp.where(candidate_BL & ~jnp.isnan(score_BL), -score_BL, jnp.inf)
     if key_BL.shape[-1] > PAIRWISE_RANK_MAX_LEN:
         order_BL = jnp.argsort(key_BL, axis=-1, stable=True)
         return jnp.argsort(order_BL, axis=-1)

@@ -42,7 +42,7 @@ def targets(result: dict) -> list[dict]:
     gpu, scan, tr = (
         result["device"]["platform"] == "gpu",
         result.get("scan"),
-        (result.get("training") or [None])[0],  # the default (layer scan) row
+        _rows(result.get("training") or [None])[0],  # the default (layer scan) row
     )
     out = [
         dict(target=TARGETS["scan"], measured="not measured", met=None),
@@ -89,6 +89,11 @@ def _draw_target(records: list[dict]) -> dict:
         row.update(measured=f"{ratio:.2f} x ({pick['ancestral']['tokens_per_s']:,.0f} vs "
                             f"{pick['ancestral-gumbel']['tokens_per_s']:,.0f} tok/s)", met=ratio >= 1.5)
     return row
+
+
+def _rows(section):
+    """A section's rows: files written before the rows per variant hold one dict."""
+    return [section] if isinstance(section, dict) else section
 
 
 def _peer_targets(peer: dict | None) -> list[dict]:
@@ -157,7 +162,7 @@ def _device_section(res: dict, fname: str) -> list[str]:
     if res.get("scan"):
         lines += _scan_table(res["scan"])
     if res.get("training"):
-        lines += _training_table(res["training"])
+        lines += _training_table(_rows(res["training"]))
     if res.get("peer"):
         lines += _peer_tables(res["peer"])
     return lines

@@ -81,7 +81,8 @@ def test_ranks_by_pair_counts_equal_ranks_by_sorting(length):
     """``rank_BL`` (pair counts up to PAIRWISE_RANK_MAX_LEN positions, sorting beyond) equals
     the stable double argsort: descending score, ties to the lower position, non-candidates last."""
     score = jnp.round(jax.random.uniform(jax.random.key(0), (4, length)), 1)  # many ties
-    candidate = jax.random.bernoulli(jax.random.key(1), 0.6, (4, length))
-    key = jnp.where(candidate, -score, jnp.inf)
+    score = score.at[0, 3].set(jnp.nan)  # a NaN score ranks with the non-candidates (a sort's last)
+    candidate = jax.random.bernoulli(jax.random.key(1), 0.6, (4, length)).at[0, 3].set(True)
+    key = jnp.where(candidate & ~jnp.isnan(score), -score, jnp.inf)
     want = np.argsort(np.argsort(np.asarray(key), axis=-1, kind="stable"), axis=-1)
     np.testing.assert_array_equal(rank_BL(score, candidate), want)
