@@ -22,6 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from dllm_jax.diffusion.base import token_nll
 from dllm_jax.diffusion.block import noise_process
 from dllm_jax.diffusion.masked import MaskedProcess
 from dllm_jax.sampling.ancestral import (
@@ -43,11 +44,11 @@ from dllm_jax.sampling.scores import (
     evaluate_if,
     finishing_floor,
     masked_logp,
+    masked_raw,
     model_logp,
     order_scores,
     rank_BL,
     require_process,
-    token_logp_BL,
 )
 
 
@@ -168,14 +169,12 @@ class ConfidenceThreshold(StepRule):
         return ~jnp.any(tokens_BL == self.process.mask_id, axis=1)  # nothing left to unmask
 
     def step(self, denoise, tokens_BL, t, s, keys_BL, state):
-        masked_BL = tokens_BL == self.process.mask_id
-        masked_B = jnp.sum(masked_BL, axis=-1)
-        raw_BLV = evaluate_if(masked_B > 0, denoise, tokens_BL, t, self.process.num_tokens)
+        masked_BL, masked_B, raw_BLV = masked_raw(self, denoise, tokens_BL, t)
         if self.logits.is_identity:  # the draw's own pass over V gives the confidence
             tok_BL, conf_logp_BL = categorical_logp_BL(keys_BL, TAG_TOKEN, raw_BLV)
         else:
             tok_BL = categorical_BL(keys_BL, TAG_TOKEN, self.logits(raw_BLV))
-            conf_logp_BL = token_logp_BL(raw_BLV, tok_BL)
+            conf_logp_BL = -token_nll(raw_BLV, tok_BL, raw_BLV.shape[-1])  # the model's own log-prob
         conf_BL = jnp.exp(conf_logp_BL)
         floor_BL = rank_BL(conf_BL, masked_BL) < finishing_floor(masked_B, t, s)[:, None]
         chosen_BL = masked_BL & ((conf_BL > self.threshold) | floor_BL)

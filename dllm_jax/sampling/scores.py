@@ -29,12 +29,18 @@ def evaluate_if(need_B, denoise, tokens_BL, t, num_tokens: int):
     )
 
 
+def masked_raw(rule, denoise, tokens_BL, t):
+    """(masked_BL, masked count_B, raw float32 logits_BLV); no network call if no row has a
+    mask left."""
+    masked_BL = tokens_BL == rule.process.mask_id
+    masked_B = jnp.sum(masked_BL, axis=-1)
+    return masked_BL, masked_B, evaluate_if(masked_B > 0, denoise, tokens_BL, t, rule.process.num_tokens)
+
+
 def masked_logp(rule, denoise, tokens_BL, t):
     """(masked_BL, masked count_B, processed log-probs_BLV, the model's own log-probs_BLV);
     no network call if no row has a mask left."""
-    masked_BL = tokens_BL == rule.process.mask_id
-    masked_B = jnp.sum(masked_BL, axis=-1)
-    raw_BLV = evaluate_if(masked_B > 0, denoise, tokens_BL, t, rule.process.num_tokens)
+    masked_BL, masked_B, raw_BLV = masked_raw(rule, denoise, tokens_BL, t)
     logp_BLV = rule.logits(raw_BLV)
     return masked_BL, masked_B, logp_BLV, logp_BLV if rule.logits.is_identity else model_logp(raw_BLV)
 
@@ -67,13 +73,6 @@ def rank_BL(score_BL, candidate_BL):
     other_BLL, this_BLL = key_BL[..., None, :], key_BL[..., :, None]
     before_BLL = (other_BLL < this_BLL) | ((other_BLL == this_BLL) & (idx_L[None, :] < idx_L[:, None]))
     return jnp.sum(before_BLL, axis=-1).astype(jnp.int32)
-
-
-def token_logp_BL(raw_BLV, tok_BL):
-    """log softmax(raw)[token] at each position, without the (B, L, V) log-softmax."""
-    raw_BLV = raw_BLV.astype(jnp.float32)
-    picked_BL = jnp.take_along_axis(raw_BLV, tok_BL[..., None], axis=-1)[..., 0]
-    return picked_BL - jax.nn.logsumexp(raw_BLV, axis=-1)
 
 
 def token_prob_BL(logp_BLV, tok_BL):

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dllm_jax.evaluation.speed import compile_timed, median_time
-from dllm_jax.nn.attention import KVCache
 from dllm_jax.nn.model import apply_model
 
 from .setup import Setup
@@ -34,32 +33,33 @@ class PassTimes:
     def seconds(self, kind: str, graphdef, params, config, batch: int, queries: int, keys: int) -> float:
         key = (kind, config, batch, queries, keys)
         if key not in self._memo:
-            fn, args = _program(kind, graphdef, config, batch, queries, keys)
-            looped = jax.jit(lambda p, x, *rest: _scanned(fn, p, x, rest))
+            fn, args = _program(kind, graphdef, params, config, batch, queries, keys)
+            looped = jax.jit(lambda p, x, *rest: scanned_passes(lambda x: fn(p, x, *rest), x, PASSES_PER_RUN))
             compiled = compile_timed(looped, params, *args, options=self.setup.compiler_options)[0]
             s, _ = median_time(lambda: compiled(params, *args), self.setup.warmup, max(self.setup.reps, 5))
             self._memo[key] = s / PASSES_PER_RUN
         return self._memo[key]
 
 
-def _scanned(fn, params, x, rest):
-    """PASSES_PER_RUN calls of ``fn(params, x, *rest)``, each x's first token the last argmax."""
+def scanned_passes(logits_fn, x, num: int):
+    """``num`` calls of ``logits_fn(x)`` in one ``lax.scan``, each input's first token the last
+    output's argmax there, so no pass can be hoisted or skipped. x: (B, L) tokens, or (B,)
+    for a decode step."""
     def body(x, _):
-        logits = fn(params, x, *rest)
+        logits = logits_fn(x)
         first = jnp.argmax(logits if x.ndim == 1 else logits[:, 0], axis=-1).astype(x.dtype)
         return (first if x.ndim == 1 else x.at[:, 0].set(first)), None
 
-    return jax.lax.scan(body, x, None, length=PASSES_PER_RUN)[0]
+    return jax.lax.scan(body, x, None, length=num)[0]
 
 
-def _program(kind: str, graphdef, config, batch: int, queries: int, keys: int):
+def _program(kind: str, graphdef, params, config, batch: int, queries: int, keys: int):
     """(fn(params, *args), args) of one pass; inputs are masks/zeros (speed does not depend on them)."""
     t_B = jnp.ones((batch,), jnp.float32) if config.time_conditioning else None
     x_BQ = jnp.full((batch, queries), config.special.mask, jnp.int32)
     if kind == "full":
         return (lambda p, x, t: apply_model(graphdef, p, x, t)), (x_BQ, t_B)
-    shape = (config.num_layers, batch, keys, config.kv_heads, config.head_dim)
-    cache = KVCache(jnp.zeros(shape, config.dtype), jnp.zeros(shape, config.dtype))
+    cache = nnx.merge(graphdef, params).init_cache(batch, keys)
     if kind == "chunk":
         valid = jnp.ones((batch, keys), bool)
 

@@ -13,6 +13,7 @@ from dllm_jax.sampling.draws import position_keys
 from dllm_jax.sampling.driver import example_keys, sample, time_grid
 from dllm_jax.sampling.rules import make_rule
 
+from .passes import scanned_passes
 from .sampling import Models
 from .setup import SCAN_ROUNDS, Setup
 
@@ -44,7 +45,7 @@ def _rule_row(setup: Setup, models: Models, name: str, rule) -> dict:
     sampler = compile_timed(jax.jit(lambda p, keys: sample(denoiser(p), rule, keys, length, k)),
                             params, keys_B, options=opts)
     forward = compile_timed(jax.jit(lambda p, x, t: apply_model(gd, p, x, t)), params, x, t, options=opts)[0]
-    scanned = compile_timed(jax.jit(lambda p, x: _scanned_forwards(denoiser(p), x, k)), params, x, options=opts)[0]
+    scanned = compile_timed(jax.jit(lambda p, x: scanned_passes(lambda x: denoiser(p)(x, t), x, k)), params, x, options=opts)[0]
 
     def one_step(p, tokens_BL, keys, i):
         grid = time_grid(k)
@@ -76,18 +77,6 @@ def _rule_row(setup: Setup, models: Models, name: str, rule) -> dict:
         ratio_vs_scanned_forward=row["scan_s"] / row["scanned_forward_s"],
         ratio_vs_python_loop=row["scan_s"] / row["python_loop_steps_s"],
     )
-
-
-def _scanned_forwards(denoise, x_BL, k: int):
-    """K forward passes in one ``lax.scan``, each input depending on the last output (one
-    token: an argmax at position 0), so none can be hoisted or skipped."""
-    t_B = jnp.ones((x_BL.shape[0],))
-
-    def body(x, _):
-        first = jnp.argmax(denoise(x, t_B)[:, 0], axis=-1).astype(x.dtype)
-        return x.at[:, 0].set(first), None
-
-    return jax.lax.scan(body, x_BL, None, length=k)[0]
 
 
 def _compile_times(setup: Setup, models: Models, rule) -> dict:
