@@ -9,8 +9,10 @@ default; ``--experiment lm1b`` for TFDS data on an accelerator), and a judge: a 
 model trained twice as long on the same corpus (or ``--judge`` names any AR run). Then
 writes ``report.md`` with: validation likelihood of both (diffusion: bound with a
 Monte-Carlo CI; AR: exact), the diffusion gen-ppl / entropy frontier over step rules and K
-against AR sampling at several temperatures compared at matched entropy, and speed
-(tokens/s, compile time, NFE) — plus sweep.json/csv and plots. Re-running reuses the
+against AR sampling at several temperatures compared at matched entropy, speed
+(tokens/s, compile time, NFE), and self-correction: gen ppl, entropy and the revision meter
+(tokens changed, share of corrections) after n correction rounds at the middle K — plus
+sweep.json/csv and plots. Re-running reuses the
 finished checkpoints.
 """
 
@@ -29,6 +31,7 @@ from dllm_jax.checkpoint import Checkpointer
 from dllm_jax.config import ExperimentConfig
 from dllm_jax.evaluation.context_use import context_use, plot_context_use
 from dllm_jax.evaluation.likelihood import evaluate_likelihood, utf8_bytes
+from dllm_jax.evaluation.revision import revision_records
 from dllm_jax.evaluation.sweep import (
     ar_records,
     diffusion_records,
@@ -87,6 +90,9 @@ def main(argv=None):
     parser.add_argument("--time_points", type=int, default=16)
     parser.add_argument("--block_size", type=int, default=16, help="block generation with caches")
     parser.add_argument("--block_steps", type=int, default=8, help="ancestral steps per block")
+    parser.add_argument("--revise_rounds", nargs="*", type=int, default=[0, 4, 16],
+                        help="correction rounds after the middle K's ancestral steps (none: no self-correction rows)")
+    parser.add_argument("--revise_t", type=float, default=0.1, help="noise level of each correction round")
     parser.add_argument("--smoke", action="store_true", help="tiny models, a few steps (tests)")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -94,6 +100,7 @@ def main(argv=None):
         args.block_size, args.block_steps = 4, 2
         args.temperatures = [0.8, 1.0]
         args.rules = ["ancestral", "threshold:threshold=0.9"]
+        args.revise_rounds = [0, 2]
     t0 = time.perf_counter()
     run_dir = Path(args.run_dir)
     exps = experiments_for(args)
@@ -135,10 +142,16 @@ def evaluate(args, run_dir: Path) -> dict:
     print("=== AR temperatures")
     ar = ar_records(a_graphdef, a_params, args.temperatures, **common)
     records = matched_entropy(diff, ar) + ar
-    paths = write_records(records, run_dir, "sweep")
+    k_mid = args.steps[len(args.steps) // 2]
+    revision = []
+    if args.revise_rounds and d_exp.model.attention == "bidirectional":
+        print(f"=== self-correction: correction rounds after K = {k_mid} ancestral steps")
+        revision = revision_records(d_graphdef, d_params, d_obj, args.revise_rounds, judge=judge, num_steps=k_mid,
+                                    t=args.revise_t, length=args.length, num_samples=args.num_samples,
+                                    batch_size=args.batch_size, quality_kw=kw)
+    paths = write_records(records + revision, run_dir, "sweep")
     print("=== latency at batch 1")
     one = dict(common, num_samples=2, batch_size=1)
-    k_mid = args.steps[len(args.steps) // 2]
     latency = diffusion_records(d_graphdef, d_params, {"ancestral": make_rule("ancestral", d_obj)}, [k_mid], **one)
     latency += ar_records(a_graphdef, a_params, [1.0], **one)
     print("=== block generation: approximate (dual) KV cache vs recomputation")
@@ -148,7 +161,7 @@ def evaluate(args, run_dir: Path) -> dict:
         "jax": jax.__version__, "experiment": args.experiment, "likelihood": likelihood,
         "judge": {"run": str(args.judge or run_dir / "judge"), "step": judge.step},
         "records": records, "pareto": [f"{r['rule']} K={r['num_steps']}" for r in pareto_front(records)],
-        "latency": latency, "blocks": blocks, "context_use": context,
+        "latency": latency, "blocks": blocks, "context_use": context, "revision": revision,
         "plots": {**{k: Path(v).name for k, v in paths.items() if k.endswith("png")}, "context_use": "context_use.png"},
         "length": args.length, "num_samples": args.num_samples,
     }
@@ -233,6 +246,7 @@ def render(report: dict) -> str:
               "## Latency at batch 1", "", "| sampler | K | NFE | time per sample s | tokens/s |", "|---|---:|---:|---:|---:|"]
     for r in report["latency"]:
         lines.append(f"| {r['rule']} | {r['num_steps']} | {r['nfe']:.1f} | {r['time_per_sample_s']:.3f} | {r['tokens_per_s']:.1f} |")
+    lines += render_revision(report.get("revision"))
     blk = report.get("blocks")
     if blk:
         lines += ["", f"## Block generation (blocks of {blk['block_size']}, {blk['steps_per_block']} ancestral steps per block)", "",
@@ -243,6 +257,22 @@ def render(report: dict) -> str:
             lines.append(f"| {r['rule']} | {r['nfe']:.1f} | {_f(r['gen_ppl'])} | {r['entropy']:.3f} | {r['tokens_per_s']:.1f} |")
     lines += ["", *[f"![{k}]({v})" for k, v in report["plots"].items()], ""]
     return "\n".join(lines)
+
+
+def render_revision(rows) -> list[str]:
+    """The self-correction table: quality and the revision meter against correction rounds."""
+    if not rows:
+        return []
+    lines = ["", f"## Self-correction (K = {rows[0]['num_steps']} ancestral steps, then n correction rounds at "
+             f"t = {rows[0]['t']:g}, one NFE each; samples run to full length)", "",
+             "A correction: that one change alone lowers the judge's NLL of the sample; worsened: raises it.", "",
+             "| rounds | NFE | judge gen ppl | entropy | tokens changed / sample | corrections | worsened | "
+             "judge NLL change / sample |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['rounds']} | {r['nfe']:.1f} | {_f(r['gen_ppl'])} | {r['entropy']:.3f} | "
+                     f"{r['changed_per_sample']:.1f} | {_f(r['correction_share'])} | {_f(r['worsened_share'])} | "
+                     f"{r['delta_nll_per_sample']:+.2f} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -26,10 +26,11 @@ import numpy as np
 
 from dllm_jax.data.corpus import make_source
 from dllm_jax.diffusion import noise_process
-from dllm_jax.evaluation.quality import quality_report
-from dllm_jax.evaluation.revision import revision_meter
-from dllm_jax.sampling import Logits, ancestral, generate, revise
+from dllm_jax.evaluation.revision import revision_records
+from dllm_jax.evaluation.sweep import plot_revisions
+from dllm_jax.sampling import Logits, revise
 from dllm_jax.training.run_dir import load_judge, load_run
+from experiments.sweep_steps import parse_rule
 
 
 def held_out_rows(exp, tok, num_rows: int, length: int) -> np.ndarray:
@@ -55,24 +56,11 @@ def study_run(name, run_dir, judge, args) -> dict:
         raise ValueError(f"the judge's tokenizer differs from {run_dir}'s")
     process = noise_process(objective)
     length = args.length
-    rule = ancestral(process, Logits(temperature=args.temperature))
-    gen = generate(graphdef, params, [[]] * args.samples, length=length, rule=rule,
-                   num_steps=args.steps, seed=args.seed)
-    samples = np.asarray(gen.tokens[:, :length])
-    rows = []
-    for n in args.rounds:
-        out = samples if n == 0 else revise(graphdef, params, samples, process, rounds=n, t=args.t,
-                                            seed=args.seed + 1).tokens
-        q = quality_report(out, eos_id=None, pad_id=None, judge_logits_fn=judge.logits_fn, bos_id=judge.bos_id)
-        meter = revision_meter(judge, samples, out)
-        changes, corrections = int(meter.changed_B.sum()), int(meter.corrections_B.sum())
-        rows.append({"rounds": n, "nfe": args.steps + n, "gen_ppl": q["gen_ppl"], "entropy": q["entropy"],
-                     "changed_per_sample": changes / args.samples,
-                     "correction_share": corrections / changes if changes else None,
-                     "worsened_share": meter.summary()["worsened_share"]})
-        print(f"  {name} K={args.steps} +{n:3d} rounds: gen ppl {q['gen_ppl']:.1f}, entropy {q['entropy']:.3f}, "
-              f"changed/sample {changes / args.samples:.1f}, corrections "
-              f"{(corrections / changes if changes else float('nan')):.2f}", flush=True)
+    quality_kw = {"eos_id": None, "pad_id": None, "judge_logits_fn": judge.logits_fn, "bos_id": judge.bos_id}
+    rows = revision_records(graphdef, params, process, args.rounds, judge=judge, num_steps=args.steps, length=length,
+                            num_samples=args.samples, batch_size=args.samples, quality_kw=quality_kw, t=args.t,
+                            seed=args.seed, logits=Logits(temperature=args.temperature), label=name,
+                            rule=parse_rule(args.rule, process)[1] if args.rule else None)
     clean = held_out_rows(exp, tok, args.samples, length)
     rng = np.random.default_rng(args.seed)
     hit = rng.uniform(size=clean.shape) < args.corrupt
@@ -94,8 +82,8 @@ def study_run(name, run_dir, judge, args) -> dict:
 def write_report(records, args, out: Path):
     lines = ["# Self-correction on real text", "",
              f"Command: `python -m experiments.revision_study {' '.join(args.argv)}`", "",
-             f"{args.samples} unprompted samples of {args.length} tokens, K = {args.steps} ancestral steps "
-             f"(temperature {args.temperature}), then n "
+             f"{args.samples} unprompted samples of {args.length} tokens, K = {args.steps} steps of "
+             f"{args.rule or f'ancestral (temperature {args.temperature})'}, then n "
              f"correction rounds at t = {args.t} (1 NFE each); judge: `{args.judge}`. A correction: that one "
              "change alone lowers the judge's NLL of the sample.", "",
              "| run | bound (nats) | rounds | NFE | gen ppl | entropy | tokens changed / sample | corrections |",
@@ -104,7 +92,7 @@ def write_report(records, args, out: Path):
         bound = "–" if r["val_loss"] is None else f"{r['val_loss']:.3f}"
         for s in r["sampling"]:
             share = "–" if s["correction_share"] is None else f"{s['correction_share']:.2f}"
-            lines.append(f"| {r['run']} | {bound} | {s['rounds']} | {s['nfe']} | {s['gen_ppl']:.1f} | "
+            lines.append(f"| {r['run']} | {bound} | {s['rounds']} | {s['nfe']:.0f} | {s['gen_ppl']:.1f} | "
                          f"{s['entropy']:.3f} | {s['changed_per_sample']:.1f} | {share} |")
     lines += ["", f"`revise` demo: held-out text, {args.corrupt:.0%} of tokens replaced by random tokens.", "",
               "| run | rounds | corrupted restored | clean broken |", "|---|---|---|---|"]
@@ -114,6 +102,7 @@ def write_report(records, args, out: Path):
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(records, indent=1))
     (out / "results.md").write_text("\n".join(lines) + "\n")
+    plot_revisions([s for r in records for s in r["sampling"]], out, "results")
 
 
 def main(argv=None):
@@ -128,6 +117,8 @@ def main(argv=None):
     parser.add_argument("--t", type=float, default=0.1)
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="of the K ancestral steps (e.g. to match another model's entropy)")
+    parser.add_argument("--rule", help="the K steps' rule instead of ancestral, e.g. remdm:schedule=cap,eta=0.02 "
+                        "(sweep_steps' syntax; --temperature then does not apply)")
     parser.add_argument("--corrupt", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/revision")

@@ -3,12 +3,16 @@
     python -m experiments.sweep_steps --run_dir runs/quickstart/masked --judge runs/compare/judge \
         [--rules ancestral cached max_prob threshold:threshold=0.9] [--steps 4 16 64 256 1024] \
         [--length 64] [--num_samples 64] [--batch_size 32] [--ar_run runs/quickstart/ar] \
-        [--temperatures 0.3 0.5 ... 1.3] [--out runs/sweep]
+        [--temperatures 0.3 0.5 ... 1.3] [--revise_rounds 0 4 16] [--revise_steps 32] [--out runs/sweep]
 
 For each rule and K: judge gen ppl (up to the first eos, corpus level), unigram entropy,
 distinct-n, repetition, NFE, wall-clock time (compile separately) and tokens/s; written to
 sweep.json / sweep.csv and two PNG plots (quality vs steps; quality vs tokens/s with the
 Pareto front). With ``--ar_run``, AR sampling at several temperatures joins the table.
+With a judge and a bidirectional model, self-correction rows join too: gen ppl, entropy
+and the revision meter (tokens changed, share of corrections) after n correction rounds
+at K = ``--revise_steps`` ancestral steps, for each n in ``--revise_rounds`` (plotted in
+sweep_revision.png; ``--revise_rounds`` with no value turns them off).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import argparse
 
 from dllm_jax.config import special_ids
+from dllm_jax.diffusion.block import noise_process
+from dllm_jax.evaluation.revision import revision_records
 from dllm_jax.evaluation.sweep import ar_records, diffusion_records, matched_entropy, write_records
 from dllm_jax.sampling.rules import make_rule
 from dllm_jax.training.loop import load_judge, load_run
@@ -61,6 +67,10 @@ def main(argv=None):
     parser.add_argument("--ar_run", help="an AR run to sample at --temperatures for comparison")
     parser.add_argument("--temperatures", nargs="+", type=float, default=AR_TEMPERATURES,
                         help="AR sampling temperatures; wide, so that every diffusion entropy has an AR match")
+    parser.add_argument("--revise_rounds", nargs="*", type=int, default=[0, 4, 16],
+                        help="correction rounds after --revise_steps ancestral steps (none: no revision rows)")
+    parser.add_argument("--revise_steps", type=int, default=32)
+    parser.add_argument("--revise_t", type=float, default=0.1, help="noise level of each correction round")
     parser.add_argument("--out", default="runs/sweep")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -87,6 +97,15 @@ def sweep(args) -> list[dict]:
             raise ValueError("--ar_run uses another tokenizer than --run_dir")
         ar = ar_records(ar_graphdef, ar_params, args.temperatures, **common)
         records = matched_entropy(records, ar) + ar
+    if args.revise_rounds and judge is None:
+        print("no --judge: no self-correction rows (the revision meter scores changes with the judge)")
+    elif args.revise_rounds and exp.model.attention != "bidirectional":
+        print(f"a {exp.model.attention!r} model: no self-correction rows (revise needs a bidirectional model)")
+    elif args.revise_rounds:
+        records += revision_records(graphdef, params, noise_process(objective), args.revise_rounds, judge=judge,
+                                    num_steps=args.revise_steps, t=args.revise_t, length=args.length,
+                                    num_samples=args.num_samples, batch_size=args.batch_size, quality_kw=kw,
+                                    seed=args.seed)
     return records
 
 

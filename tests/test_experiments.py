@@ -102,6 +102,15 @@ def test_compare_and_sweep_end_to_end(tmp_path):
     assert len(curve["nll"]) == len(curve["times"]) and all(np.isfinite(curve["nll"]))
     assert ctx["ar_nll"] == pytest.approx(lk["ar"]["nats_per_token"], rel=1e-4)
     assert "## Context use" in (tmp_path / "report.md").read_text()
+    # Self-correction at the middle K (8): zero rounds are the sweep's own ancestral K = 8
+    # samples (same keys, scored up to the first eos), two rounds cost two more passes.
+    rev = report["revision"]
+    assert [r["rounds"] for r in rev] == [0, 2] and [r["nfe"] for r in rev] == [8, 10]
+    assert rev[0]["changed_per_sample"] == 0 and rev[0]["correction_share"] is None
+    sweep_row = next(r for r in report["records"] if r["rule"] == "ancestral" and r["num_steps"] == 8)
+    assert rev[0]["gen_ppl"] == pytest.approx(sweep_row["gen_ppl"], rel=1e-6)
+    assert "## Self-correction" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "sweep_revision.png").stat().st_size > 1000
     ev = evaluate.main([str(tmp_path / "diffusion"), "--time_points", "2", "--batches", "1",
                         "--context_times", "0.1", "0.5"])
     assert ev["time_points"] == 2 and ev["ci95"] > 0 and ev["bits_per_byte"] > 0
@@ -111,11 +120,18 @@ def test_compare_and_sweep_end_to_end(tmp_path):
         "--run_dir", str(tmp_path / "diffusion"), "--judge", str(tmp_path / "judge"),
         "--ar_run", str(tmp_path / "ar"), "--rules", "ancestral", "cached",
         "--steps", "2", "32", "--length", "8", "--num_samples", "4", "--batch_size", "2",
-        "--temperatures", "1.0", "--out", str(tmp_path / "sweep"),
+        "--temperatures", "1.0", "--out", str(tmp_path / "sweep"), "--revise_rounds", "0", "3",
+        "--revise_steps", "2",
     ])
     saved = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert saved == json.loads(json.dumps(records))
+    revised = [r for r in saved if r["kind"] == "revision"]
+    saved = [r for r in saved if r["kind"] != "revision"]
     by = {(r["rule"], r["num_steps"]): r for r in saved}
+    assert [(r["rounds"], r["nfe"]) for r in revised] == [(0, 2), (3, 5)]
+    assert revised[0]["gen_ppl"] == pytest.approx(by["ancestral", 2]["gen_ppl"], rel=1e-6)
+    assert revised[1]["changed_per_sample"] > 0 and 0 <= revised[1]["correction_share"] <= 1
+    assert (tmp_path / "sweep" / "sweep_revision.png").stat().st_size > 1000
     for k in (2, 32):
         assert by["ancestral", k]["nfe"] == k  # one pass per step, single block
     # 8 positions, 32 steps: most steps unmask nothing, and the cache skips them.

@@ -105,7 +105,8 @@ def matched_entropy(diffusion: Sequence[dict], ar: Sequence[dict]) -> list[dict]
 
 
 def write_records(records: Sequence[dict], out_dir: str | Path, name: str = "sweep") -> dict[str, Path]:
-    """Write ``name``.json and ``name``.csv, and PNG plots: quality vs steps, quality vs speed."""
+    """Write ``name``.json and ``name``.csv, and PNG plots: quality vs steps, quality vs speed,
+    and (given ``revision_records``' rows) quality and revisions vs correction rounds."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{name}.json", "csv": out / f"{name}.csv"}
@@ -115,13 +116,14 @@ def write_records(records: Sequence[dict], out_dir: str | Path, name: str = "swe
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(records)
-    paths.update(plot_records(records, out, name))
+    paths.update(plot_records([r for r in records if r.get("kind") != "revision"], out, name))
+    paths.update(plot_revisions([r for r in records if r.get("kind") == "revision"], out, name))
     return paths
 
 
 def pareto_front(records: Sequence[dict]) -> list[dict]:
     """Records not beaten on both gen ppl (lower) and tokens/s (higher) by another one."""
-    scored = [r for r in records if r.get("gen_ppl")]
+    scored = [r for r in records if r.get("gen_ppl") and "tokens_per_s" in r]
     return sorted(
         (r for r in scored if not any(
             o["gen_ppl"] <= r["gen_ppl"] and o["tokens_per_s"] >= r["tokens_per_s"]
@@ -130,12 +132,44 @@ def pareto_front(records: Sequence[dict]) -> list[dict]:
     )
 
 
-def plot_records(records: Sequence[dict], out: Path, name: str) -> dict[str, Path]:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_revisions(records: Sequence[dict], out: Path, name: str) -> dict[str, Path]:
+    """Gen ppl, entropy and the shares of corrections / worsening changes against the number
+    of correction rounds, one line per (rule, K); none for a single number of rounds."""
+    scored = [r for r in records if r.get("gen_ppl")]
+    if len({r["rounds"] for r in scored}) < 2:
+        return {}
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for i, key in enumerate(dict.fromkeys((r["rule"], r["num_steps"]) for r in scored)):
+        rs = sorted((r for r in scored if (r["rule"], r["num_steps"]) == key), key=lambda r: r["rounds"])
+        x, style = [r["rounds"] for r in rs], {"color": f"C{i % 10}", "label": f"{key[0]} K={key[1]}"}
+        axes[0].plot(x, [r["gen_ppl"] for r in rs], "o-", **style)
+        axes[1].plot(x, [r["entropy"] for r in rs], "o-", **style)
+        shares = [(r["rounds"], r["correction_share"], r["worsened_share"]) for r in rs if r["correction_share"] is not None]
+        axes[2].plot([s[0] for s in shares], [s[1] for s in shares], "o-", **dict(style, label=style["label"] + ": corrections"))
+        axes[2].plot([s[0] for s in shares], [s[2] for s in shares], "x--", **dict(style, label=style["label"] + ": worsened"))
+    for ax, label in zip(axes, ("judge gen ppl", "unigram entropy (nats)", "share of changed tokens"), strict=True):
+        ax.set_xlabel("correction rounds (1 NFE each) after K steps")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / f"{name}_revision.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return {"revision_png": path}
+
+
+def plot_records(records: Sequence[dict], out: Path, name: str) -> dict[str, Path]:
+    plt = _pyplot()
     scored = [r for r in records if r.get("gen_ppl")]
     if not scored:
         return {}

@@ -90,7 +90,7 @@ def _revise_jit(graphdef, params, process, keys_B, tokens_BL, fixed_BL, rounds, 
 
 
 def revise(graphdef, params, tokens, process, *, rounds: int, t: float = 0.1, seed: int = 0, fixed=None,
-           logits: Logits = Logits()) -> Revision:
+           logits: Logits = Logits(), indices=None) -> Revision:
     """Let the model correct ``tokens`` (B, L) for ``rounds`` rounds at noise level ``t``.
 
     Args:
@@ -100,6 +100,9 @@ def revise(graphdef, params, tokens, process, *, rounds: int, t: float = 0.1, se
       rounds: number of renoise-denoise rounds (one network evaluation each).
       t: the noise level of each round, in (0, 1): the share of tokens renoised.
       fixed: optional (B, L) bool, positions never changed (e.g. a prompt).
+      seed, indices: randomness comes from (seed, indices[b]); indices default to 0..B-1,
+        so rows revised in batches give the tokens of one call when each batch passes its
+        rows' indices. ``history[n]`` is what ``rounds=n`` returns.
 
     Raises:
       ValueError: a process that cannot revise (AR), a model that is not bidirectional,
@@ -126,7 +129,10 @@ def revise(graphdef, params, tokens, process, *, rounds: int, t: float = 0.1, se
     fixed = np.zeros(tokens.shape, bool) if fixed is None else np.asarray(fixed, bool)
     if fixed.shape != tokens.shape:
         raise ValueError(f"fixed must have the shape of tokens {tokens.shape}, got {fixed.shape}")
-    keys_B = example_keys(seed, jnp.arange(tokens.shape[0]))
+    indices = np.arange(tokens.shape[0]) if indices is None else np.asarray(indices)
+    if indices.shape != (tokens.shape[0],) or not np.issubdtype(indices.dtype, np.integer):
+        raise ValueError(f"indices must be ({tokens.shape[0]},) integers, got shape {indices.shape}, {indices.dtype}")
+    keys_B = example_keys(seed, jnp.asarray(indices))
     hist, changed = _revise_jit(graphdef, params, process, keys_B, jnp.asarray(tokens, jnp.int32),
                                 jnp.asarray(fixed), int(rounds), float(t), logits)
     hist, changed = np.asarray(hist), np.asarray(changed)

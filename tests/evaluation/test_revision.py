@@ -1,11 +1,16 @@
 """The revision meter against a judge with a known table, and against scoring each change
-by hand one sample at a time."""
+by hand one sample at a time; its sweep rows against revising and metering by hand."""
 
 import numpy as np
 import pytest
 
-from dllm_jax.evaluation.quality import Judge, judge_nll
-from dllm_jax.evaluation.revision import revision_meter
+from dllm_jax.config import MeshConfig, ModelConfig, special_ids
+from dllm_jax.diffusion import LogLinear, MaskedProcess
+from dllm_jax.evaluation.quality import Judge, judge_nll, quality_report
+from dllm_jax.evaluation.revision import revision_meter, revision_records
+from dllm_jax.nn.model import create_model
+from dllm_jax.sampling import ancestral, generate, revise
+from dllm_jax.sharding import make_mesh
 from tests.evaluation.test_quality import BOS, EOS, LN2, PAD, bigram_judge
 
 JUDGE = Judge(bigram_judge, None, EOS, BOS, PAD, 0)
@@ -50,3 +55,28 @@ def test_equals_scoring_each_change_alone():
     assert same.changed_B.sum() == 0 and same.summary()["correction_share"] is None
     with pytest.raises(ValueError, match=r"\(B, L\) of one shape"):
         revision_meter(JUDGE, before, after[:, :4])
+
+
+def test_revision_records_equal_revising_each_count_alone_and_ignore_the_batch_split():
+    """Round n's row is ``revise(rounds=n)`` of the K-step samples, metered and scored; the
+    rows do not depend on the batch split; zero rounds change nothing."""
+    v, length, k, num = 4, 6, 3, 6
+    graphdef, params = create_model(ModelConfig(num_tokens=v, max_len=8, d_model=16, num_layers=1, num_heads=2),
+                                    make_mesh(MeshConfig()))
+    process = MaskedProcess(v, LogLinear(), mask_id=special_ids(v).mask)
+    kw = {"eos_id": EOS, "pad_id": PAD, "judge_logits_fn": bigram_judge, "bos_id": BOS}
+    common = dict(judge=JUDGE, num_steps=k, length=length, num_samples=num, quality_kw=kw, t=0.3, seed=2,
+                  log=lambda _: None)
+    rows = revision_records(graphdef, params, process, [3, 0, 1], batch_size=4, **common)
+    assert rows == revision_records(graphdef, params, process, [0, 1, 3], batch_size=num, **common)
+    samples = np.asarray(generate(graphdef, params, [[]] * num, length=length, rule=ancestral(process),
+                                  num_steps=k, seed=2).tokens[:, :length])
+    assert [r["rounds"] for r in rows] == [0, 1, 3] and [r["nfe"] for r in rows] == [k, k + 1, k + 3]
+    assert rows[0]["changed_per_sample"] == 0 and rows[0]["correction_share"] is None
+    for r in rows[1:]:
+        after = revise(graphdef, params, samples, process, rounds=r["rounds"], t=0.3, seed=3).tokens
+        expected = {**quality_report(after, **kw), **revision_meter(JUDGE, samples, after).summary()}
+        assert {key: r[key] for key in expected} == expected
+    assert rows[-1]["changed_per_sample"] > 0  # t = 0.3 on an untrained model: something moves
+    with pytest.raises(ValueError, match="rounds must be integers >= 0"):
+        revision_records(graphdef, params, process, [-1], batch_size=4, **common)

@@ -93,6 +93,15 @@ def test_revise_runs_the_model_and_counts_nfe(tiny_model):
     assert out.tokens.min() >= 0 and out.tokens.max() < V
     again = revise(graphdef, params, tokens, PROCESSES["hybrid"], rounds=4, t=0.2, seed=1)
     np.testing.assert_array_equal(again.tokens, out.tokens)
+    # Rows revised in two batches with their indices: the tokens of one call; round n of a
+    # longer run is the run of n rounds.
+    split = [revise(graphdef, params, tokens[rows], PROCESSES["hybrid"], rounds=4, t=0.2, seed=1,
+                    indices=np.arange(3)[rows]).tokens for rows in (slice(0, 2), slice(2, 3))]
+    np.testing.assert_array_equal(np.concatenate(split), out.tokens)
+    two = revise(graphdef, params, tokens, PROCESSES["hybrid"], rounds=2, t=0.2, seed=1)
+    np.testing.assert_array_equal(two.tokens, out.history[2])
+    with pytest.raises(ValueError, match=r"indices must be \(3,\) integers"):
+        revise(graphdef, params, tokens, PROCESSES["hybrid"], rounds=1, indices=[0, 1])
 
 
 def test_revise_bad_inputs(tiny_model):
