@@ -30,9 +30,12 @@ from dllm_jax.sampling import make_rule
 from dllm_jax.training.loop import load_judge, load_run
 from experiments.sweep_steps import quality_kwargs
 
+# Up to 1.5: the adapted block models sample at a higher entropy than AR at T = 1.2.
+AR_TEMPERATURES = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5)
+
 
 def speed_and_quality(diffusion_dir, ar_dir, *, judge_dir=None, length: int = 128, num_samples: int = 32,
-                      batch_size: int = 16, thresholds=(0.9, 0.7, 0.5), temperatures=(0.7, 0.8, 0.9, 1.0, 1.1, 1.2),
+                      batch_size: int = 16, thresholds=(0.9, 0.7, 0.5), temperatures=AR_TEMPERATURES,
                       timing_samples: int = 4, tolerance: float = 0.10, log=print) -> dict:
     """The records and a summary. The summary's threshold is the one with the fewest passes
     per token whose gen ppl is within ``tolerance`` of one token per step (the highest
@@ -114,11 +117,13 @@ def main(argv=None):
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--num_samples", type=int, default=32)
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.7, 0.5])
+    parser.add_argument("--temperatures", type=float, nargs="+", default=list(AR_TEMPERATURES),
+                        help="AR sampling temperatures (AR gen ppl is interpolated at the diffusion entropy)")
     parser.add_argument("--out", help="write the records here as JSON")
     args = parser.parse_args(argv)
     result = speed_and_quality(args.diffusion, args.ar, judge_dir=args.judge, length=args.length,
                                num_samples=args.num_samples, batch_size=min(args.num_samples, 16),
-                               thresholds=args.thresholds)
+                               thresholds=args.thresholds, temperatures=args.temperatures)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1, default=str))
