@@ -9,6 +9,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from dllm_jax.diffusion.base import token_nll
 from dllm_jax.diffusion.masked import MaskedProcess
 from dllm_jax.diffusion.uniform import UniformProcess
 from dllm_jax.sampling.ancestral import (
@@ -43,8 +44,9 @@ class ReMDM(StepRule):
     a decoded token is remasked with probability sigma (the driver restores fixed ones).
     sigma_max = min(1, (1 - alpha_s) / alpha_t) (0 at alpha_t = 0); ``cap``: min(eta,
     sigma_max); ``rescale``: eta * sigma_max; ``conf``: sigma_l = softmax(-psi)_l sigma_max
-    over the positions this rule decoded, psi_l the probability of the token when it was
-    decoded (state), so masked and never-decoded positions get sigma 0 (``eta`` unused).
+    over the positions this rule decoded, psi_l the model's own probability (softmax of its
+    logits, before temperature / top-k / top-p) of the token when it was decoded (state), so
+    greedy or tempered draws do not flatten the scores; masked and never-decoded positions get sigma 0 (``eta`` unused).
     """
 
     process: MaskedProcess
@@ -80,14 +82,18 @@ class ReMDM(StepRule):
         a_t, a_s = self.process.schedule.alpha(t), self.process.schedule.alpha(s)
         masked_BL = tokens_BL == self.process.mask_id
         sigma_BL = self.sigma_BL(masked_BL, psi_BL, a_t, a_s)
-        logp_BLV = self.logits(denoise(tokens_BL, times_B(batch, t)))
+        raw_BLV = denoise(tokens_BL, times_B(batch, t))
+        logp_BLV = self.logits(raw_BLV)
         tok_BL = categorical_BL(keys_BL, TAG_TOKEN, logp_BLV)
         p_unmask_BL = (a_s - (1.0 - sigma_BL) * a_t) / (1.0 - a_t)
         unmask_BL = masked_BL & (uniform_BL(keys_BL, TAG_UNMASK) < p_unmask_BL)
         remask_BL = ~masked_BL & (uniform_BL(keys_BL, TAG_REMASK) < sigma_BL)
         new_BL = jnp.where(remask_BL, self.process.mask_id, tokens_BL)
         new_BL = jnp.where(unmask_BL, tok_BL, new_BL)
-        psi_BL = jnp.where(unmask_BL, token_prob_BL(logp_BLV, tok_BL), psi_BL)
+        # psi is the model's own probability of the token (the processed one when they agree).
+        own_BL = (token_prob_BL(logp_BLV, tok_BL) if self.logits.is_identity
+                  else jnp.exp(-token_nll(raw_BLV, tok_BL, raw_BLV.shape[-1])))
+        psi_BL = jnp.where(unmask_BL, own_BL, psi_BL)
         return new_BL, jnp.ones((batch,), jnp.int32), psi_BL
 
 

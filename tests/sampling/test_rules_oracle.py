@@ -318,3 +318,20 @@ def test_nonpositive_temperature_raises(temperature):
 def test_negative_guidance_weight_raises():
     with pytest.raises(ValueError, match="guidance weight must be a finite number >= 0, got -1"):
         guided(lambda x, t: x, jnp.zeros((1, ref.L), bool), MASK_ID, -1.0)
+
+
+def test_remdm_conf_scores_the_models_own_probability():
+    """Greedy draws (top_k = 1) make every processed probability 1; ReMDM-conf's psi must
+    stay the model's own softmax probability of the decoded token."""
+    rule = make_rule("remdm", MASKED, schedule="conf", logits=Logits(top_k=1))
+    logits_LV = jnp.log(jnp.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]]))
+
+    def denoise(tokens_BL, t_B):
+        return jnp.broadcast_to(logits_LV, (*tokens_BL.shape, ref.V))
+
+    tokens_BL = jnp.full((1, 3), MASK_ID)
+    keys_BL = jax.random.split(jax.random.key(0), 3).reshape(1, 3)
+    new_BL, _, psi_BL = rule.step(denoise, tokens_BL, jnp.float32(1.0), jnp.float32(0.0), keys_BL,
+                                  rule.init_state(tokens_BL))
+    np.testing.assert_array_equal(new_BL[0], [0, 1, 2])  # t = 1 -> 0 unmasks all, greedily
+    np.testing.assert_allclose(psi_BL[0], [0.6, 0.7, 0.8], rtol=1e-5)
