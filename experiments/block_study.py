@@ -2,7 +2,7 @@
 
 Every run reads the same training tokens (2400 steps x 4 x 128 = 1.23M, the quickstart's
 budget) from the embedded corpus and reports its validation bound (nats per token; AR's is
-exact). Adapted runs spend half the budget as AR (``ar_half``) and half as diffusion
+exact). Adapted runs spend half the budget as AR (``ar_half``; ``ar_3q``, ``ar_7e``: 3/4, 7/8) and the rest as diffusion
 initialised from it (``TrainConfig.init_from``), so their total equals the AR run's.
 
     python -m experiments.block_study                  # every variant, in order
@@ -66,6 +66,13 @@ def variants(runs: Path) -> dict[str, ExperimentConfig]:
         "ar_half_x4": configs.quickstart_ar_phase(4 * HALF),
         "adapt_block4_x4": adapted(runs, "adapt_block4_x4", block_size=4, shift=True, init="ar_half_x4",
                                    steps=4 * HALF),
+        # The split of the budget: AR for 3/4 (7/8) of it, block 4 for the rest
+        "ar_3q": configs.quickstart_ar_phase(3 * STEPS // 4),
+        "adapt_block4_after_3q": adapted(runs, "adapt_block4_after_3q", block_size=4, shift=True, init="ar_3q",
+                                         steps=STEPS // 4),
+        "ar_7e": configs.quickstart_ar_phase(7 * STEPS // 8),
+        "adapt_block4_after_7e": adapted(runs, "adapt_block4_after_7e", block_size=4, shift=True, init="ar_7e",
+                                         steps=STEPS // 8),
         # AR -> block 2 -> block 4, the adaptation half split in two phases
         "phase_b2": adapted(runs, "phase_b2", block_size=2, shift=True, steps=HALF // 2),
         "phase_b2_b4": adapted(runs, "phase_b2_b4", block_size=4, shift=True, init="phase_b2", steps=HALF // 2),

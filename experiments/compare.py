@@ -45,7 +45,7 @@ from dllm_jax.sharding import make_mesh
 from dllm_jax.training.loop import eval_batches, load_judge, load_run, train
 from experiments import configs
 from experiments.cli import apply_overrides
-from experiments.sweep_steps import AR_TEMPERATURES, parse_rule, quality_kwargs
+from experiments.sweep_steps import AR_TEMPERATURES, check_revise_args, parse_rule, quality_kwargs
 
 
 def judge_config(exp: ExperimentConfig) -> ExperimentConfig:
@@ -100,7 +100,8 @@ def main(argv=None):
         args.block_size, args.block_steps = 4, 2
         args.temperatures = [0.8, 1.0]
         args.rules = ["ancestral", "threshold:threshold=0.9"]
-        args.revise_rounds = [0, 2]
+        args.revise_rounds = [0, 2] if args.revise_rounds else []
+    check_revise_args(parser, args)
     t0 = time.perf_counter()
     run_dir = Path(args.run_dir)
     exps = experiments_for(args)
@@ -144,11 +145,13 @@ def evaluate(args, run_dir: Path) -> dict:
     records = matched_entropy(diff, ar) + ar
     k_mid = args.steps[len(args.steps) // 2]
     revision = []
-    if args.revise_rounds and d_exp.model.attention == "bidirectional":
+    if args.revise_rounds and d_exp.model.attention != "bidirectional":
+        print(f"a {d_exp.model.attention!r} diffusion model: no self-correction rows (revise needs a bidirectional one)")
+    elif args.revise_rounds:
         print(f"=== self-correction: correction rounds after K = {k_mid} ancestral steps")
-        revision = revision_records(d_graphdef, d_params, d_obj, args.revise_rounds, judge=judge, num_steps=k_mid,
-                                    t=args.revise_t, length=args.length, num_samples=args.num_samples,
-                                    batch_size=args.batch_size, quality_kw=kw)
+        revision = matched_entropy(revision_records(
+            d_graphdef, d_params, d_obj, args.revise_rounds, judge=judge, num_steps=k_mid, t=args.revise_t,
+            length=args.length, num_samples=args.num_samples, batch_size=args.batch_size, quality_kw=kw), ar)
     paths = write_records(records + revision, run_dir, "sweep")
     print("=== latency at batch 1")
     one = dict(common, num_samples=2, batch_size=1)
@@ -265,11 +268,13 @@ def render_revision(rows) -> list[str]:
         return []
     lines = ["", f"## Self-correction (K = {rows[0]['num_steps']} ancestral steps, then n correction rounds at "
              f"t = {rows[0]['t']:g}, one NFE each; samples run to full length)", "",
-             "A correction: that one change alone lowers the judge's NLL of the sample; worsened: raises it.", "",
-             "| rounds | NFE | judge gen ppl | entropy | tokens changed / sample | corrections | worsened | "
-             "judge NLL change / sample |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "A correction: that one change alone lowers the judge's NLL of the sample; worsened: raises it "
+             "(changes the judge scores: up to each sample's first eos).", "",
+             "| rounds | NFE | judge gen ppl | AR gen ppl at same entropy | entropy | tokens changed / sample | "
+             "corrections | worsened | judge NLL change / sample |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['rounds']} | {r['nfe']:.1f} | {_f(r['gen_ppl'])} | {r['entropy']:.3f} | "
+        lines.append(f"| {r['rounds']} | {r['nfe']:.1f} | {_f(r['gen_ppl'])} | {_f(r.get('ar_gen_ppl_at_entropy'))} | "
+                     f"{r['entropy']:.3f} | "
                      f"{r['changed_per_sample']:.1f} | {_f(r['correction_share'])} | {_f(r['worsened_share'])} | "
                      f"{r['delta_nll_per_sample']:+.2f} |")
     return lines

@@ -2,7 +2,8 @@
 
 For each run (a masked, uniform or hybrid quickstart model):
 
-1. Sample ``--samples`` unprompted rows with K ancestral steps, then run n correction
+1. Sample ``--samples`` unprompted rows with K ancestral steps (or K steps of ``--rule``,
+   e.g. ReMDM), then run n correction
    rounds (``dllm_jax.sampling.revise``: renoise to t, one exact step back) for each n in
    ``--rounds``; report gen ppl (AR judge), unigram entropy, NFE, the number of tokens
    the rounds changed, and the share of changes that are corrections: changing that one
@@ -123,6 +124,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/revision")
     args = parser.parse_args(argv)
+    if args.rule and args.temperature != 1.0:
+        parser.error(f"--temperature {args.temperature} applies to the ancestral steps only, not to --rule {args.rule}")
     args.argv = argv if argv is not None else __import__("sys").argv[1:]
     judge = load_judge(args.judge)
     t0 = time.perf_counter()

@@ -45,6 +45,16 @@ def parse_rule(spec: str, process):
     return spec, make_rule(name, process, **options)
 
 
+def check_revise_args(parser, args) -> None:
+    """Refuse bad self-correction options before any training or sampling runs."""
+    if any(n < 0 for n in args.revise_rounds):
+        parser.error(f"--revise_rounds must be integers >= 0, got {args.revise_rounds}")
+    if not 0.0 < args.revise_t < 1.0:
+        parser.error(f"--revise_t must be a noise level in (0, 1), got {args.revise_t}")
+    if getattr(args, "revise_steps", 1) < 1:
+        parser.error(f"--revise_steps must be >= 1, got {args.revise_steps}")
+
+
 def quality_kwargs(judge, tok, num_tokens: int):
     ids = special_ids(num_tokens)
     kw = {"eos_id": tok.eos_id, "pad_id": ids.pad}
@@ -74,6 +84,7 @@ def main(argv=None):
     parser.add_argument("--out", default="runs/sweep")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    check_revise_args(parser, args)
     records = sweep(args)
     paths = write_records(records, args.out)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -91,6 +102,7 @@ def sweep(args) -> list[dict]:
                   quality_kw=kw, seed=args.seed, eos_id=tok.eos_id)
     print(f"sweep of {args.run_dir} (step {step}): {len(rules)} rules x K in {args.steps}")
     records = diffusion_records(graphdef, params, rules, args.steps, **common)
+    ar = []
     if args.ar_run:
         ar_exp, ar_graphdef, ar_params, ar_tok, _, _ = load_run(args.ar_run)
         if ar_tok.sha256 != tok.sha256:
@@ -102,10 +114,11 @@ def sweep(args) -> list[dict]:
     elif args.revise_rounds and exp.model.attention != "bidirectional":
         print(f"a {exp.model.attention!r} model: no self-correction rows (revise needs a bidirectional model)")
     elif args.revise_rounds:
-        records += revision_records(graphdef, params, noise_process(objective), args.revise_rounds, judge=judge,
+        revision = revision_records(graphdef, params, noise_process(objective), args.revise_rounds, judge=judge,
                                     num_steps=args.revise_steps, t=args.revise_t, length=args.length,
                                     num_samples=args.num_samples, batch_size=args.batch_size, quality_kw=kw,
                                     seed=args.seed)
+        records += matched_entropy(revision, ar) if ar else revision
     return records
 
 

@@ -141,11 +141,25 @@ def test_compare_and_sweep_end_to_end(tmp_path):
         # compare already compiled some of these programs in this process: compile may be 0.
         assert r["compile_s"] >= 0 and r["gen_ppl"] > 1
     assert (tmp_path / "sweep" / "sweep_quality_vs_speed.png").stat().st_size > 1000
+    with pytest.raises(SystemExit):  # refused before any sampling
+        sweep_steps.main(["--run_dir", str(tmp_path / "diffusion"), "--revise_t", "1.5"])
+    from experiments import revision_study
+
+    revision_study.main([
+        "--run", f"m={tmp_path / 'diffusion'}", "--judge", str(tmp_path / "judge"), "--samples", "2",
+        "--length", "8", "--steps", "2", "--rounds", "0", "2", "--demo_rounds", "1", "--out", str(tmp_path / "rev"),
+    ])
+    study = json.loads((tmp_path / "rev" / "results.json").read_text())[0]
+    assert [(r["rounds"], r["nfe"]) for r in study["sampling"]] == [(0, 2), (2, 4)]
+    assert study["sampling"][0]["changed_per_sample"] == 0
+    assert all(0 <= d["restored"] <= 1 and 0 <= d["broken"] <= 1 for d in study["demo"])
+    assert "| m |" in (tmp_path / "rev" / "results.md").read_text()
+    assert (tmp_path / "rev" / "results_revision.png").stat().st_size > 1000
 
 
 @pytest.mark.slow
 def test_quickstart_runs_its_three_phases_at_test_size(tmp_path, capsys):
-    """AR, AR half, block diffusion adapted from it: equal tokens, the speed/quality report."""
+    """AR, an AR phase, block diffusion adapted from it: equal tokens, the speed/quality report."""
     import json
 
     from experiments import quickstart

@@ -32,6 +32,19 @@ def test_one_correction_one_worsening_by_hand():
     assert back.corrections_B.tolist() == [1, 0] and back.summary()["correction_share"] == 1.0
 
 
+def test_changes_past_the_first_eos_are_counted_apart():
+    """The judge scores a sample up to its first eos: changes after it are no one's to rate."""
+    before = np.array([[2, 0, EOS, 1, 2, 0]])
+    after = np.array([[2, 1, EOS, 0, 0, 0]])  # one scored change (position 1), two past the eos
+    rev = revision_meter(JUDGE, before, after)
+    assert rev.changed_B.tolist() == [1] and rev.unscored_B.tolist() == [2]
+    only_scored = np.array([[2, 1, EOS, 1, 2, 0]])
+    np.testing.assert_allclose(rev.delta_nll_B, revision_meter(JUDGE, before, only_scored).delta_nll_B)
+    assert rev.summary()["unscored_changes_per_sample"] == 2.0
+    eos_moved = revision_meter(JUDGE, before, np.array([[2, 0, 1, 1, 2, 0]]))  # the eos itself is scored
+    assert eos_moved.changed_B.tolist() == [1] and eos_moved.unscored_B.tolist() == [0]
+
+
 def test_equals_scoring_each_change_alone():
     rng = np.random.default_rng(0)
     before = rng.integers(0, 3, (6, 8))
@@ -73,10 +86,14 @@ def test_revision_records_equal_revising_each_count_alone_and_ignore_the_batch_s
                                   num_steps=k, seed=2).tokens[:, :length])
     assert [r["rounds"] for r in rows] == [0, 1, 3] and [r["nfe"] for r in rows] == [k, k + 1, k + 3]
     assert rows[0]["changed_per_sample"] == 0 and rows[0]["correction_share"] is None
-    for r in rows[1:]:
-        after = revise(graphdef, params, samples, process, rounds=r["rounds"], t=0.3, seed=3).tokens
+    for r in rows:
+        after = samples if r["rounds"] == 0 else revise(graphdef, params, samples, process, rounds=r["rounds"],
+                                                        t=0.3, seed=3).tokens
         expected = {**quality_report(after, **kw), **revision_meter(JUDGE, samples, after).summary()}
         assert {key: r[key] for key in expected} == expected
     assert rows[-1]["changed_per_sample"] > 0  # t = 0.3 on an untrained model: something moves
-    with pytest.raises(ValueError, match="rounds must be integers >= 0"):
-        revision_records(graphdef, params, process, [-1], batch_size=4, **common)
+    for bad in ([-1], [], [1.5], 3):
+        with pytest.raises(ValueError, match="rounds must be a non-empty sequence of integers >= 0"):
+            revision_records(graphdef, params, process, bad, batch_size=4, **common)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        revision_records(graphdef, params, process, [0], batch_size=0, **common)
