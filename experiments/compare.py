@@ -31,7 +31,6 @@ from dllm_jax.checkpoint import Checkpointer
 from dllm_jax.config import ExperimentConfig
 from dllm_jax.evaluation.context_use import context_use, plot_context_use
 from dllm_jax.evaluation.likelihood import evaluate_likelihood, utf8_bytes
-from dllm_jax.evaluation.revision import revision_records
 from dllm_jax.evaluation.sweep import (
     ar_records,
     diffusion_records,
@@ -45,7 +44,13 @@ from dllm_jax.sharding import make_mesh
 from dllm_jax.training.loop import eval_batches, load_judge, load_run, train
 from experiments import configs
 from experiments.cli import apply_overrides
-from experiments.sweep_steps import AR_TEMPERATURES, check_revise_args, parse_rule, quality_kwargs
+from experiments.sweep_steps import (
+    AR_TEMPERATURES,
+    check_revise_args,
+    parse_rule,
+    quality_kwargs,
+    self_correction_rows,
+)
 
 
 def judge_config(exp: ExperimentConfig) -> ExperimentConfig:
@@ -144,14 +149,8 @@ def evaluate(args, run_dir: Path) -> dict:
     ar = ar_records(a_graphdef, a_params, args.temperatures, **common)
     records = matched_entropy(diff, ar) + ar
     k_mid = args.steps[len(args.steps) // 2]
-    revision = []
-    if args.revise_rounds and d_exp.model.attention != "bidirectional":
-        print(f"a {d_exp.model.attention!r} diffusion model: no self-correction rows (revise needs a bidirectional one)")
-    elif args.revise_rounds:
-        print(f"=== self-correction: correction rounds after K = {k_mid} ancestral steps")
-        revision = matched_entropy(revision_records(
-            d_graphdef, d_params, d_obj, args.revise_rounds, judge=judge, num_steps=k_mid, t=args.revise_t,
-            length=args.length, num_samples=args.num_samples, batch_size=args.batch_size, quality_kw=kw), ar)
+    revision = self_correction_rows(d_exp, d_graphdef, d_params, d_obj, judge, ar, args, num_steps=k_mid,
+                                    quality_kw=kw)
     paths = write_records(records + revision, run_dir, "sweep")
     print("=== latency at batch 1")
     one = dict(common, num_samples=2, batch_size=1)

@@ -55,12 +55,13 @@ def main(argv=None):
     if total < 2:
         parser.error(f"the budget must be >= 2 steps to split into AR and diffusion phases, got {total}")
     ar_steps = min(max(round(total * args.ar_share), 1), total - 1)
+    adapt_steps = total - ar_steps
     phases = {
         "ar": ar_exp,
         "ar_phase": with_overrides(apply_overrides(configs.quickstart_ar_phase(ar_steps), args.set),
                                    **_phase(ar_steps)),
         "diffusion": with_overrides(apply_overrides(configs.quickstart_adapted(
-            str(root / "ar_phase"), args.block_size, steps=total - ar_steps), args.set), **_phase(total - ar_steps)),
+            str(root / "ar_phase"), args.block_size, steps=adapt_steps), args.set), **_phase(adapt_steps)),
     }
     results = {}
     for name, exp in phases.items():
@@ -72,7 +73,7 @@ def main(argv=None):
     print(f"\n=== validation (embedded corpus, held-out split), equal training tokens ({tokens['ar']:,})")
     print(f"  {'model':34s} {'nats/token':>10s} {'ppl':>10s}")
     print(f"  {'AR, whole budget':34s} {ar['val_loss']:10.4f} {'=':>2s} {ar['val_ppl']:7.2f}")
-    print(f"  {f'AR {ar_steps} + block-{args.block_size} {total - ar_steps} steps':34s} {diff['val_loss']:10.4f} "
+    print(f"  {f'AR {ar_steps} + block-{args.block_size} {adapt_steps} steps':34s} {diff['val_loss']:10.4f} "
           f"{'<=':>2s} {diff['val_ppl']:7.2f}   (ppl ratio to AR {math.exp(diff['val_loss'] - ar['val_loss']):.2f}x)")
     print("  (diffusion: the block NELBO on a stratified time grid; AR: exact likelihood)")
     if "context_use" in diff:

@@ -55,6 +55,26 @@ def check_revise_args(parser, args) -> None:
         parser.error(f"--revise_steps must be >= 1, got {args.revise_steps}")
 
 
+def self_correction_rows(exp, graphdef, params, objective, judge, ar, args, *, num_steps: int, quality_kw: dict,
+                         seed: int = 0) -> list[dict]:
+    """``revision_records`` for ``args.revise_rounds`` at K = ``num_steps`` (with AR's gen ppl at
+    the same entropy when ``ar`` records are given), or none, saying why, when the rounds are
+    off, there is no judge or the model is not bidirectional."""
+    if not args.revise_rounds:
+        return []
+    if judge is None:
+        print("no judge: no self-correction rows (the revision meter scores changes with the judge)")
+        return []
+    if exp.model.attention != "bidirectional":
+        print(f"a {exp.model.attention!r} model: no self-correction rows (revise needs a bidirectional model)")
+        return []
+    print(f"=== self-correction: correction rounds after K = {num_steps} ancestral steps")
+    rows = revision_records(graphdef, params, noise_process(objective), args.revise_rounds, judge=judge,
+                            num_steps=num_steps, t=args.revise_t, length=args.length, num_samples=args.num_samples,
+                            batch_size=args.batch_size, quality_kw=quality_kw, seed=seed)
+    return matched_entropy(rows, ar) if ar else rows
+
+
 def quality_kwargs(judge, tok, num_tokens: int):
     ids = special_ids(num_tokens)
     kw = {"eos_id": tok.eos_id, "pad_id": ids.pad}
@@ -109,16 +129,8 @@ def sweep(args) -> list[dict]:
             raise ValueError("--ar_run uses another tokenizer than --run_dir")
         ar = ar_records(ar_graphdef, ar_params, args.temperatures, **common)
         records = matched_entropy(records, ar) + ar
-    if args.revise_rounds and judge is None:
-        print("no --judge: no self-correction rows (the revision meter scores changes with the judge)")
-    elif args.revise_rounds and exp.model.attention != "bidirectional":
-        print(f"a {exp.model.attention!r} model: no self-correction rows (revise needs a bidirectional model)")
-    elif args.revise_rounds:
-        revision = revision_records(graphdef, params, noise_process(objective), args.revise_rounds, judge=judge,
-                                    num_steps=args.revise_steps, t=args.revise_t, length=args.length,
-                                    num_samples=args.num_samples, batch_size=args.batch_size, quality_kw=kw,
-                                    seed=args.seed)
-        records += matched_entropy(revision, ar) if ar else revision
+    records += self_correction_rows(exp, graphdef, params, objective, judge, ar, args, num_steps=args.revise_steps,
+                                    quality_kw=kw, seed=args.seed)
     return records
 
 

@@ -47,6 +47,11 @@ class Revisions(NamedTuple):
                 "unscored_changes_per_sample": float(self.unscored_B.mean())}
 
 
+def sample_nll(judge: Judge, tokens_BL) -> np.ndarray:
+    """The judge's NLL (nats) of each sample's scored tokens, (B,)."""
+    return judge_nll(judge.logits_fn, tokens_BL, judge.eos_id, judge.bos_id, judge.pad_id)[0]
+
+
 def revision_meter(judge: Judge, before_BL, after_BL, before_nll_B=None) -> Revisions:
     """The ``Revisions`` of ``after_BL`` against ``before_BL`` (both (B, L) token ids);
     ``before_nll_B``, if given, is the judge's NLL of ``before_BL`` (saves its pass)."""
@@ -54,11 +59,8 @@ def revision_meter(judge: Judge, before_BL, after_BL, before_nll_B=None) -> Revi
     if before_BL.shape != after_BL.shape or before_BL.ndim != 2:
         raise ValueError(f"before and after must be (B, L) of one shape, got {before_BL.shape} and {after_BL.shape}")
 
-    def nll(tokens_BL):
-        return judge_nll(judge.logits_fn, tokens_BL, judge.eos_id, judge.bos_id, judge.pad_id)[0]
-
-    base_B = nll(before_BL) if before_nll_B is None else np.asarray(before_nll_B)
-    delta_B = nll(after_BL) - base_B
+    base_B = sample_nll(judge, before_BL) if before_nll_B is None else np.asarray(before_nll_B)
+    delta_B = sample_nll(judge, after_BL) - base_B
     num = before_BL.shape[0]
     differ_BL = before_BL != after_BL
     scored_BL = scored_mask(before_BL, judge.eos_id, judge.pad_id)
@@ -70,7 +72,7 @@ def revision_meter(judge: Judge, before_BL, after_BL, before_nll_B=None) -> Revi
         return Revisions(changed_B, zeros, zeros, delta_B, unscored_B)
     variants = before_BL[rows].copy()
     variants[np.arange(rows.size), cols] = after_BL[rows, cols]
-    single_C = nll(variants) - base_B[rows]
+    single_C = sample_nll(judge, variants) - base_B[rows]
     return Revisions(changed_B, np.bincount(rows[single_C < 0], minlength=num),
                      np.bincount(rows[single_C > 0], minlength=num), delta_B, unscored_B)
 
@@ -108,7 +110,7 @@ def revision_records(
     before = np.concatenate(before)
     history = np.concatenate(history, axis=1) if history else before[None]
     base_nfe = float(np.mean(np.concatenate(nfe)))
-    before_nll_B = judge_nll(judge.logits_fn, before, judge.eos_id, judge.bos_id, judge.pad_id)[0]
+    before_nll_B = sample_nll(judge, before)
     records = []
     for n in rounds:
         meter = revision_meter(judge, before, history[n], before_nll_B).summary()

@@ -46,7 +46,8 @@ class ReMDM(StepRule):
     sigma_max); ``rescale``: eta * sigma_max; ``conf``: sigma_l = softmax(-psi)_l sigma_max
     over the positions this rule decoded, psi_l the model's own probability (softmax of its
     logits, before temperature / top-k / top-p) of the token when it was decoded (state), so
-    greedy or tempered draws do not flatten the scores; masked and never-decoded positions get sigma 0 (``eta`` unused).
+    greedy or tempered draws do not flatten the scores; masked and never-decoded positions
+    get sigma 0 (``eta`` unused).
     """
 
     process: MaskedProcess
