@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from dllm_jax.config import ExperimentConfig
-from dllm_jax.diffusion import token_nll
+from dllm_jax.diffusion import shift_right, token_nll
 from dllm_jax.sharding import make_mesh
 from dllm_jax.training.loop import eval_batches, load_run, train
 from experiments import configs
@@ -41,10 +41,11 @@ def block(block_size: int, *, shift: bool = True) -> ExperimentConfig:
 
 
 def adapted(runs: Path, name: str, *, block_size: int | None, shift: bool, lr: float = 1e-3,
-            init: str = "ar_half", steps: int = HALF, context: str = "block_causal") -> ExperimentConfig:
+            init: str = "ar_half", steps: int = HALF, context: str = "block_causal",
+            context_ar: float = 0.0) -> ExperimentConfig:
     """Diffusion initialised from the run ``init`` (half the budget of AR by default)."""
     return configs.quickstart_adapted(str(runs / init), block_size, shift=shift, steps=steps, lr=lr,
-                                      context_attention=context, name=name)
+                                      context_attention=context, context_ar_weight=context_ar, name=name)
 
 
 def variants(runs: Path) -> dict[str, ExperimentConfig]:
@@ -73,6 +74,15 @@ def variants(runs: Path) -> dict[str, ExperimentConfig]:
         "ar_7e": configs.quickstart_ar_phase(7 * STEPS // 8),
         "adapt_block4_after_7e": adapted(runs, "adapt_block4_after_7e", block_size=4, shift=True, init="ar_7e",
                                          steps=STEPS // 8),
+        # the 7/8 split with a causal context that keeps its AR loss (weight 1 / 0.25 / 3), and without
+        "adapt_block4_after_7e_ctxar": adapted(runs, "adapt_block4_after_7e_ctxar", block_size=4, shift=True,
+                                               init="ar_7e", steps=STEPS // 8, context="causal", context_ar=1.0),
+        "adapt_block4_after_7e_ctxar_q": adapted(runs, "adapt_block4_after_7e_ctxar_q", block_size=4, shift=True,
+                                                 init="ar_7e", steps=STEPS // 8, context="causal", context_ar=0.25),
+        "adapt_block4_after_7e_ctxar_3": adapted(runs, "adapt_block4_after_7e_ctxar_3", block_size=4, shift=True,
+                                                 init="ar_7e", steps=STEPS // 8, context="causal", context_ar=3.0),
+        "adapt_block4_after_7e_causal": adapted(runs, "adapt_block4_after_7e_causal", block_size=4, shift=True,
+                                                init="ar_7e", steps=STEPS // 8, context="causal"),
         # AR -> block 2 -> block 4, the adaptation half split in two phases
         "phase_b2": adapted(runs, "phase_b2", block_size=2, shift=True, steps=HALF // 2),
         "phase_b2_b4": adapted(runs, "phase_b2_b4", block_size=4, shift=True, init="phase_b2", steps=HALF // 2),
@@ -129,6 +139,42 @@ def position_nll(run_dir: Path, num_batches: int = 8) -> list[float]:
     return [float(x) for x in total / count]
 
 
+def ar_lookahead_nll(run_dir: Path, block_size: int = 4, starts=range(16, 128, 16), samples: int = 64,
+                     num_batches: int = 4, seed: int = 0) -> list[float]:
+    """The AR run's own NLL of token s + k given x_{<s} (k = 0 .. block_size - 1), the
+    tokens between marginalised by sampling: p(x_{s+k} | x_{<s}) ~ mean over ``samples``
+    ancestral continuations y_s .. y_{s+k-1} of p(x_{s+k} | x_{<s}, y). What a block
+    denoiser that knew what the AR model knows would score at t = 1 (position k of a block);
+    the Monte Carlo estimate of -log p is biased upwards (Jensen), so these are upper bounds.
+    """
+    exp, graphdef, params, tok, _, _ = load_run(run_dir)
+    mesh, V, bos = make_mesh(exp.mesh), exp.model.num_tokens, exp.model.bos_input
+
+    @jax.jit
+    def logp(p, canvas_NL):  # log p(x_i | x_{<i}) over the ordinary tokens, (N, L, V)
+        logits = nnx.merge(graphdef, p, copy=True)(shift_right(canvas_NL, bos))
+        return jax.nn.log_softmax(logits[..., :V].astype(jnp.float32), axis=-1)
+
+    totals, count = np.zeros(block_size), 0
+    key = jax.random.key(seed)
+    with jax.set_mesh(mesh):
+        for batch in eval_batches(exp, tok, mesh)[:num_batches]:
+            tokens_BL = np.asarray(batch["tokens"])
+            for s in starts:
+                if s + block_size > tokens_BL.shape[1]:
+                    continue
+                canvas = jnp.repeat(jnp.asarray(tokens_BL[:, :s + block_size]), samples, axis=0)  # (B * S, s + blk)
+                for k in range(block_size):  # y_{s+k} ~ p(. | x_{<s}, y_s .. y_{s+k-1})
+                    key, sub = jax.random.split(key)
+                    lp = logp(params, canvas)
+                    truth = jnp.repeat(jnp.asarray(tokens_BL[:, s + k]), samples)
+                    p_k = jnp.exp(jnp.take_along_axis(lp[:, s + k], truth[:, None], axis=-1)[:, 0])
+                    totals[k] -= float(jnp.sum(jnp.log(p_k.reshape(-1, samples).mean(axis=1))))
+                    canvas = canvas.at[:, s + k].set(jax.random.categorical(sub, lp[:, s + k]))
+                count += tokens_BL.shape[0]
+    return [float(x) for x in totals / count]
+
+
 def report(records: dict[str, dict], out: Path) -> str:
     ar = records.get("ar")
     lines = ["| run | attention | block | shift | init | data tokens | bound (nats) | ppl | ppl / AR ppl | "
@@ -173,7 +219,16 @@ def main(argv=None):
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--backfill", action="store_true", help="add position_nll_t1 to block records that lack it")
+    parser.add_argument("--lookahead", metavar="AR_RUN", help="print (and save to --out) the AR run's own NLL "
+                        "of each block position at t = 1, the intermediate tokens marginalised, then exit")
     args = parser.parse_args(argv)
+    if args.lookahead:
+        nll = ar_lookahead_nll(Path(args.lookahead))
+        print(f"{args.lookahead}: NLL of token s + k given x_<s, k = 0..{len(nll) - 1}: "
+              + " / ".join(f"{x:.3f}" for x in nll))
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "lookahead.json").write_text(json.dumps({"run": args.lookahead, "nll": nll}, indent=1))
+        return
     runs = Path(args.runs)
     table = variants(runs)
     names = args.only or list(table)
@@ -184,10 +239,13 @@ def main(argv=None):
         for name in names:  # in the order given (adaptations need ar_half first)
             r = run_one(name, table[name], runs)
             print(f"{name:22s} bound {r['val_loss']:.3f} (ppl {r['val_ppl']:.1f}) | {r['wall_seconds']:.0f}s", flush=True)
-    records = {n: json.loads((runs / n / "record.json").read_text()) for n in table
-               if (runs / n / "record.json").exists()}
+    saved_file = Path(args.out) / "results.json"  # runs not kept here keep their saved records
+    saved = json.loads(saved_file.read_text()) if saved_file.exists() else {}
+    local = {n: json.loads((runs / n / "record.json").read_text()) for n in table
+             if (runs / n / "record.json").exists()}
+    records = {n: local.get(n, saved.get(n)) for n in table if n in local or n in saved}
     if args.backfill:
-        for n, r in records.items():
+        for n, r in local.items():
             if r["attention"] == "block_causal" and "position_nll_t1" not in r:
                 r["position_nll_t1"] = position_nll(runs / n)
                 (runs / n / "record.json").write_text(json.dumps(r, indent=1))

@@ -56,13 +56,14 @@ def quickstart(process: str = "masked") -> ExperimentConfig:
 
 
 def quickstart_block(block_size: int = 4, *, shift: bool = True, context_attention: str = "block_causal",
-                     name: str = "") -> ExperimentConfig:
+                     context_ar_weight: float = 0.0, name: str = "") -> ExperimentConfig:
     """The quickstart's masked model as a block diffusion model (BD3-LM's block NELBO).
 
     Blocks of ``block_size`` tokens, each denoised given the clean blocks before it; Dream's
     shift (the first token of a block is predicted at the clean position before it, the AR
     prediction) and ALiBi as in the quickstart; logit-normal training times. No AR rows:
-    the model is AR over blocks already. Generation: ``generate(block_size=block_size,
+    the model is AR over blocks already (``context_ar_weight``: the clean stream keeps an AR
+    loss, with a causal context). Generation: ``generate(block_size=block_size,
     cache="exact")``.
     """
     base = quickstart("masked")
@@ -70,7 +71,7 @@ def quickstart_block(block_size: int = 4, *, shift: bool = True, context_attenti
         base, name=name or f"quickstart-block{block_size}",
         model=dataclasses.replace(base.model, attention="block_causal", block_size=block_size, shift=shift,
                                   context_attention=context_attention),
-        noise=NoiseConfig(process="masked", time_distribution="logit_normal"),
+        noise=NoiseConfig(process="masked", time_distribution="logit_normal", context_ar_weight=context_ar_weight),
         # samples: K steps per block, up to one token per step
         loop=dataclasses.replace(base.loop, sample_steps=tuple(sorted({1, max(block_size // 2, 1), block_size}))),
     )
@@ -87,12 +88,14 @@ def quickstart_ar_phase(steps: int = 1200) -> ExperimentConfig:
 
 
 def quickstart_adapted(init_from: str, block_size: int | None = 4, *, shift: bool = True, steps: int = 1200,
-                       lr: float = 1e-3, context_attention: str = "block_causal", name: str = "") -> ExperimentConfig:
+                       lr: float = 1e-3, context_attention: str = "block_causal", context_ar_weight: float = 0.0,
+                       name: str = "") -> ExperimentConfig:
     """A diffusion model initialised from an AR run (``TrainConfig.init_from``), trained for
     ``steps`` more: block diffusion with ``block_size``, or bidirectional (None, Dream-style:
     shift, no AR curriculum since the AR phase came first). Fresh optimiser, warmup a tenth."""
     if block_size:
-        exp = quickstart_block(block_size, shift=shift, context_attention=context_attention)
+        exp = quickstart_block(block_size, shift=shift, context_attention=context_attention,
+                               context_ar_weight=context_ar_weight)
     else:
         base = quickstart("masked")
         exp = dataclasses.replace(base, model=dataclasses.replace(base.model, shift=shift),

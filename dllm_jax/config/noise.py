@@ -50,6 +50,10 @@ class NoiseConfig:
         at step 0 (a curriculum from AR to diffusion in one run); None = constant.
       ar_anneal_end: the share of training, in (0, 1], by which ``ar_fraction_end`` is
         reached (then held): 0.5 = anneal over the first half, pure end share after.
+      context_ar_weight: block-causal models with ``shift`` and ``context_attention=
+        "causal"`` only: add this weight times the AR loss of the clean stream (every clean
+        position predicts the next token, as the AR model it was adapted from did) to the
+        block NELBO while training. 0 = the block NELBO alone. Evaluation is unchanged.
     """
 
     process: Literal["masked", "uniform", "hybrid", "ar"] = "masked"
@@ -67,6 +71,7 @@ class NoiseConfig:
     ar_fraction: float = 0.0
     ar_fraction_end: float | None = None
     ar_anneal_end: float = 1.0
+    context_ar_weight: float = 0.0
 
     def __post_init__(self):
         check_types(self)
@@ -128,6 +133,8 @@ class NoiseConfig:
                 )
         if not 0 < number(self, "ar_anneal_end") <= 1:
             raise ValueError(f"NoiseConfig.ar_anneal_end must be in (0, 1], got {self.ar_anneal_end}")
+        if not number(self, "context_ar_weight") >= 0:
+            raise ValueError(f"NoiseConfig.context_ar_weight must be >= 0, got {self.context_ar_weight}")
         if self.process == "ar":
             recipe = {"time_distribution": "uniform", "t_low": 0.0, "t_high": 1.0,
                       "weighting": "elbo", "ar_fraction": 0.0, "ar_fraction_end": None,

@@ -96,6 +96,12 @@ def check_block_training(model: ModelConfig, noise: NoiseConfig, seq_len: int) -
             "NoiseConfig.ar_fraction is for bidirectional models; a block-causal model is AR over "
             "blocks already (block_size=1 is the AR objective)"
         )
+    if noise.context_ar_weight and not (model.shift and model.context_attention == "causal"):
+        raise ValueError(
+            f"NoiseConfig.context_ar_weight={noise.context_ar_weight} trains the clean stream as an AR "
+            f"model: it needs ModelConfig.shift=True and context_attention='causal' (got shift="
+            f"{model.shift}, context_attention={model.context_attention!r})"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +202,11 @@ class ExperimentConfig:
             )
         if self.model.attention == "block_causal":
             check_block_training(self.model, self.noise, self.train.seq_len)
+        elif self.noise.context_ar_weight:
+            raise ValueError(
+                f"NoiseConfig.context_ar_weight={self.noise.context_ar_weight} is for block-causal models, "
+                f"got ModelConfig.attention={self.model.attention!r}"
+            )
         if self.data.tokenizer == "" and self.data.vocab_size != self.model.num_tokens:
             raise ValueError(
                 f"DataConfig.vocab_size={self.data.vocab_size} must equal "

@@ -41,6 +41,9 @@ class BlockDiffusion(Objective):
         ``TimeSampler("uniform", low, high)``). None: uniform on [t_min, t_max], the bound.
       weighting: ``elbo`` (the bound's weights) or ``flat`` (cross-entropy on the
         corrupted tokens, normalised by their number).
+      context_ar_weight: add this weight times the clean stream's AR loss (position i's
+        raw output predicting token i + 1; ``NoiseConfig.context_ar_weight``) to the sums.
+        A training objective only: it is no bound, and 0 leaves the block NELBO as it is.
 
     Times: example i's uniform u_i (stratified over the global batch) becomes one time per
     block, u_{i,j} = (u_i + pi_i(j)) / n with pi_i a permutation of the n blocks drawn from
@@ -56,6 +59,7 @@ class BlockDiffusion(Objective):
     block_size: int
     times: TimeSampler | None = None
     weighting: str = "elbo"
+    context_ar_weight: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.block_size, int) or self.block_size < 1:
@@ -93,13 +97,14 @@ class BlockDiffusion(Objective):
         return keys_BN.reshape(-1), u_BN.reshape(-1)
 
     def training_loss(self, apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B):
-        terms_BL, scored_BL = self._terms(apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B)
-        return jnp.where(scored_BL, terms_BL, 0.0)
+        terms_BL, scored_BL, context_BL = self._terms(apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B)
+        return jnp.where(scored_BL, terms_BL, 0.0) + self.context_ar_weight * context_BL
 
     def loss_sums(self, apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B, progress=0.0):
         del progress
-        terms_BL, scored_BL = self._terms(apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B)
-        return jnp.sum(jnp.where(scored_BL, terms_BL, 0.0)), jnp.sum(scored_BL)
+        terms_BL, scored_BL, context_BL = self._terms(apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B)
+        total = jnp.sum(jnp.where(scored_BL, terms_BL, 0.0)) + self.context_ar_weight * jnp.sum(context_BL)
+        return total, jnp.sum(scored_BL)
 
     def corrupt_blocks(self, keys_B, tokens_BL, loss_mask_BL, u_B):
         """(x_t (B, L) with every block at its own time, the times t_BN (B, n))."""
@@ -112,20 +117,28 @@ class BlockDiffusion(Objective):
         return noisy_BL, t_R.reshape(B, n)
 
     def _terms(self, apply_fn, keys_B, tokens_BL, loss_mask_BL, u_B):
+        """(per-position terms, which are scored, the clean stream's AR NLLs (zeros when the
+        weight is 0)), all (B, L)."""
         B, L = tokens_BL.shape
         n, C = self.num_blocks(L), self.block_size
         noisy_BL, t_BN = self.corrupt_blocks(keys_B, tokens_BL, loss_mask_BL, u_B)
-        logits_BLV = apply_fn(noisy_BL, t_BN, clean_BL=tokens_BL)
+        context_BL = jnp.zeros(tokens_BL.shape)
+        if self.context_ar_weight:
+            logits_BLV, clean_BLV = apply_fn(noisy_BL, t_BN, clean_BL=tokens_BL, with_context=True)
+            next_BL = token_nll(clean_BLV[:, :-1], tokens_BL[:, 1:], self.num_tokens)
+            context_BL = context_BL.at[:, 1:].set(jnp.where(loss_mask_BL[:, 1:], next_BL, 0.0))
+        else:
+            logits_BLV = apply_fn(noisy_BL, t_BN, clean_BL=tokens_BL)
         if self.weighting == "flat":
             scored_BL = loss_mask_BL & self.process.denoising_positions(noisy_BL)
-            return token_nll(logits_BLV, tokens_BL, self.num_tokens), scored_BL
+            return token_nll(logits_BLV, tokens_BL, self.num_tokens), scored_BL, context_BL
         times = self.sampler
         width = times.high - times.low if times.distribution == "uniform" else 1.0
         terms_RC = width * self.process.elbo_terms(
             logits_BLV.reshape(B * n, C, -1), tokens_BL.reshape(B * n, C), noisy_BL.reshape(B * n, C),
             t_BN.reshape(-1),
         )
-        return terms_RC.reshape(B, L), loss_mask_BL
+        return terms_RC.reshape(B, L), loss_mask_BL, context_BL
 
 
 def noise_process(objective):

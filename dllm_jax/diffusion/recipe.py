@@ -119,7 +119,8 @@ def training_objective(noise: NoiseConfig, model: ModelConfig, objective: Object
     if not isinstance(process, NoiseProcess):
         return objective
     plain = (noise.time_distribution == "uniform" and noise.t_low == 0.0 and noise.t_high == 1.0
-             and noise.weighting == "elbo" and noise.ar_fraction == 0.0 and not noise.ar_fraction_end)
+             and noise.weighting == "elbo" and noise.ar_fraction == 0.0 and not noise.ar_fraction_end
+             and not noise.context_ar_weight)
     if plain:
         return objective
     times = TimeSampler(
@@ -130,6 +131,7 @@ def training_objective(noise: NoiseConfig, model: ModelConfig, objective: Object
         noise.logit_std,
     )
     if block is not None:  # AR rows are refused for block models by the config
-        return dataclasses.replace(block, times=times, weighting=noise.weighting)
+        return dataclasses.replace(block, times=times, weighting=noise.weighting,
+                                   context_ar_weight=noise.context_ar_weight)
     return Recipe(objective, times, noise.weighting, noise.ar_fraction, noise.ar_fraction_end,
                   noise.ar_anneal_end, bos_id=model.bos_input, shift=model.shift)

@@ -19,9 +19,12 @@ from dllm_jax.rng import example_keys
 def _apply_fn(graphdef, params):
     model = nnx.merge(graphdef, params, copy=True)  # params may be closed over by a jit
 
-    def apply(tokens_BL, t_B, causal_B=None, clean_BL=None):
+    def apply(tokens_BL, t_B, causal_B=None, clean_BL=None, with_context=False):
         # Only recipes that mix AR rows pass causal_B, only block objectives clean_BL (the
-        # two-stream forward); other models (oracles) need not take them.
+        # two-stream forward, with_context: its clean stream too); other models (oracles)
+        # need not take them.
+        if with_context:
+            return model.two_stream(tokens_BL, clean_BL, None, with_context=True)
         if clean_BL is not None:
             return model(tokens_BL, None, clean_BL=clean_BL)
         if causal_B is None:

@@ -145,7 +145,7 @@ class Transformer(nnx.Module):
         x_BLD = self._layers(x_BLD, mask_LS, positions_BL, cond_BC)
         return self._aligned(self._logits(x_BLD, cond_BC))
 
-    def two_stream(self, noisy_BL: Tokens, clean_BL: Tokens, t_B: Times | None = None) -> TokenLogits:
+    def two_stream(self, noisy_BL: Tokens, clean_BL: Tokens, t_B: Times | None = None, with_context=False):
         """BD3-LM's training forward: logits (B, L, V) for every noisy position at once.
 
         One pass over the concatenation [x_t, x_0] (2L positions, both streams at positions
@@ -156,7 +156,8 @@ class Transformer(nnx.Module):
 
         For a ``shift`` model the first token of block b > 0 is predicted at the clean
         position before it (its AR prediction given the clean past), the others at the noisy
-        position before them.
+        position before them. ``with_context``: also return the clean stream's raw outputs
+        (B, L, V); with a causal context, position i's is the AR prediction of token i + 1.
         """
         config = self.config
         if config.attention != "block_causal":
@@ -174,12 +175,12 @@ class Transformer(nnx.Module):
         x_BTD = self._layers(x_BTD, mask_TT, positions_BT, cond_BC)
         raw_BTV = self._logits(x_BTD, cond_BC)
         noisy_BLV, clean_BLV = raw_BTV[:, :L], raw_BTV[:, L:]
-        if not config.shift:
-            return noisy_BLV
-        from_noisy = jnp.concatenate([noisy_BLV[:, :1], noisy_BLV[:, :-1]], axis=1)
-        from_clean = jnp.concatenate([noisy_BLV[:, :1], clean_BLV[:, :-1]], axis=1)
-        block_start_L = (jnp.arange(L) % config.block_size == 0) & (jnp.arange(L) > 0)
-        return jnp.where(block_start_L[None, :, None], from_clean, from_noisy)
+        if config.shift:
+            from_noisy = jnp.concatenate([noisy_BLV[:, :1], noisy_BLV[:, :-1]], axis=1)
+            from_clean = jnp.concatenate([noisy_BLV[:, :1], clean_BLV[:, :-1]], axis=1)
+            block_start_L = (jnp.arange(L) % config.block_size == 0) & (jnp.arange(L) > 0)
+            noisy_BLV = jnp.where(block_start_L[None, :, None], from_clean, from_noisy)
+        return (noisy_BLV, clean_BLV) if with_context else noisy_BLV
 
     def _check_length(self, length: int):
         if length > self.config.max_len:

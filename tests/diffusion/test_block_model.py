@@ -150,3 +150,48 @@ def test_recipes_reach_block_models_and_bad_block_configs_are_refused():
                          train=TrainConfig(seq_len=16))
     with pytest.raises(ValueError, match="ar_fraction"):
         ExperimentConfig(**small, train=TrainConfig(seq_len=16), noise=NoiseConfig(ar_fraction=0.5))
+
+
+def test_context_ar_loss_adds_the_causal_models_next_token_nll():
+    """``context_ar_weight`` w: the training sums are the block NELBO's plus w times the AR
+    NLL of the clean stream, which with a causal context is the same weights run as a causal
+    (AR) model on the clean tokens; evaluation's objective carries no such term."""
+    graphdef, params = block_model(shift=True, context_attention="causal")
+    config = nnx.merge(graphdef, params).config
+    noise = NoiseConfig(context_ar_weight=0.5)
+    bound = make_objective(noise, V, config)
+    trained = training_objective(noise, config, bound)
+    assert bound.context_ar_weight == 0 and trained.context_ar_weight == 0.5
+    data, key = batch(3), jax.random.key(4)
+    got_total, got_count = batch_loss(trained, graphdef, params, data, key, 0.6)
+    base_total, base_count = batch_loss(bound, graphdef, params, data, key, 0.6)
+    causal = ModelConfig(**{**BASE, "attention": "causal"})  # its raw output at i: the AR prediction of i + 1
+    ar_logits = nnx.merge(create_model(causal, make_mesh(MeshConfig()))[0], params)(data["tokens"])
+    ar_nll = jnp.sum(token_nll(ar_logits[:, :-1], data["tokens"][:, 1:], V))
+    assert float(ar_nll) > 1.0 and int(got_count) == int(base_count)
+    np.testing.assert_allclose(got_total - base_total, 0.5 * ar_nll, rtol=2e-5)
+    # the per-position form agrees with the sums
+    keys_B = jax.vmap(lambda i: jax.random.fold_in(key, i))(data["index"])
+    model = nnx.merge(graphdef, params)
+
+    def apply(noisy_BL, t_BN, clean_BL, with_context=False):
+        return model.two_stream(noisy_BL, clean_BL, None, with_context)
+
+    u_B = (jnp.arange(B) + 0.6) / B
+    total, _ = trained.loss_sums(apply, keys_B, data["tokens"], data["loss_mask"], u_B)
+    np.testing.assert_allclose(trained.training_loss(apply, keys_B, data["tokens"], data["loss_mask"], u_B).sum(),
+                               total, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("model_kw", "match"), [
+    (dict(shift=False, context_attention="causal"), "needs ModelConfig.shift=True"),
+    (dict(shift=True), "context_attention='causal'"),
+    (dict(attention="bidirectional", block_size=1, shift=True), "for block-causal models"),
+])
+def test_context_ar_weight_is_refused_where_the_clean_stream_is_no_ar_model(model_kw, match):
+    model = ModelConfig(**{**BASE, **model_kw})
+    with pytest.raises(ValueError, match=match):
+        ExperimentConfig(name="ctx", model=model, data=DataConfig(vocab_size=V), train=TrainConfig(seq_len=16),
+                         noise=NoiseConfig(context_ar_weight=1.0))
+    with pytest.raises(ValueError, match="context_ar_weight must be >= 0"):
+        NoiseConfig(context_ar_weight=-0.1)
