@@ -48,6 +48,13 @@ def adapted(runs: Path, name: str, *, block_size: int | None, shift: bool, lr: f
                                       context_attention=context, context_ar_weight=context_ar, name=name)
 
 
+def context_ar(runs: Path, name: str, init: str, steps: int, weight: float = 1.0,
+               lr: float = 1e-3) -> ExperimentConfig:
+    """Block 4 adapted from ``init`` with a causal context keeping the AR loss at ``weight``."""
+    return adapted(runs, name, block_size=4, shift=True, init=init, steps=steps, lr=lr, context="causal",
+                   context_ar=weight)
+
+
 def variants(runs: Path) -> dict[str, ExperimentConfig]:
     return {
         "ar": configs.quickstart("ar"),
@@ -74,26 +81,18 @@ def variants(runs: Path) -> dict[str, ExperimentConfig]:
         "ar_7e": configs.quickstart_ar_phase(7 * STEPS // 8),
         "adapt_block4_after_7e": adapted(runs, "adapt_block4_after_7e", block_size=4, shift=True, init="ar_7e",
                                          steps=STEPS // 8),
-        # the 7/8 split with a causal context that keeps its AR loss (weight 1 / 0.25 / 3), and without
-        "adapt_block4_after_7e_ctxar": adapted(runs, "adapt_block4_after_7e_ctxar", block_size=4, shift=True,
-                                               init="ar_7e", steps=STEPS // 8, context="causal", context_ar=1.0),
-        "adapt_block4_after_7e_ctxar_q": adapted(runs, "adapt_block4_after_7e_ctxar_q", block_size=4, shift=True,
-                                                 init="ar_7e", steps=STEPS // 8, context="causal", context_ar=0.25),
-        "adapt_block4_after_7e_ctxar_3": adapted(runs, "adapt_block4_after_7e_ctxar_3", block_size=4, shift=True,
-                                                 init="ar_7e", steps=STEPS // 8, context="causal", context_ar=3.0),
-        "adapt_block4_after_7e_ctxar_lr3e-4": adapted(runs, "adapt_block4_after_7e_ctxar_lr3e-4", block_size=4,
-                                                      shift=True, init="ar_7e", steps=STEPS // 8, context="causal",
-                                                      context_ar=1.0, lr=3e-4),
-        "adapt_block4_after_7e_ctxar_lr1e-4": adapted(runs, "adapt_block4_after_7e_ctxar_lr1e-4", block_size=4,
-                                                      shift=True, init="ar_7e", steps=STEPS // 8, context="causal",
-                                                      context_ar=1.0, lr=1e-4),
-        "adapt_block4_after_3q_ctxar": adapted(runs, "adapt_block4_after_3q_ctxar", block_size=4, shift=True,
-                                               init="ar_3q", steps=STEPS // 4, context="causal", context_ar=1.0),
+        # a causal context that keeps its AR loss (weight w): weights, lrs and splits, and w = 0
+        **{name: context_ar(runs, name, init, steps, w, lr) for name, init, steps, w, lr in (
+            ("adapt_block4_after_7e_ctxar", "ar_7e", STEPS // 8, 1.0, 1e-3),
+            ("adapt_block4_after_7e_ctxar_q", "ar_7e", STEPS // 8, 0.25, 1e-3),
+            ("adapt_block4_after_7e_ctxar_3", "ar_7e", STEPS // 8, 3.0, 1e-3),
+            ("adapt_block4_after_7e_ctxar_lr3e-4", "ar_7e", STEPS // 8, 1.0, 3e-4),
+            ("adapt_block4_after_7e_ctxar_lr1e-4", "ar_7e", STEPS // 8, 1.0, 1e-4),
+            ("adapt_block4_after_3q_ctxar", "ar_3q", STEPS // 4, 1.0, 1e-3),
+        )},
         "ar_15s": configs.quickstart_ar_phase(15 * STEPS // 16),
-        "adapt_block4_after_15s_ctxar": adapted(runs, "adapt_block4_after_15s_ctxar", block_size=4, shift=True,
-                                                init="ar_15s", steps=STEPS // 16, context="causal", context_ar=1.0),
-        "adapt_block4_after_7e_causal": adapted(runs, "adapt_block4_after_7e_causal", block_size=4, shift=True,
-                                                init="ar_7e", steps=STEPS // 8, context="causal"),
+        "adapt_block4_after_15s_ctxar": context_ar(runs, "adapt_block4_after_15s_ctxar", "ar_15s", STEPS // 16),
+        "adapt_block4_after_7e_causal": context_ar(runs, "adapt_block4_after_7e_causal", "ar_7e", STEPS // 8, 0.0),
         # AR -> block 2 -> block 4, the adaptation half split in two phases
         "phase_b2": adapted(runs, "phase_b2", block_size=2, shift=True, steps=HALF // 2),
         "phase_b2_b4": adapted(runs, "phase_b2_b4", block_size=4, shift=True, init="phase_b2", steps=HALF // 2),
