@@ -16,6 +16,7 @@ Runs are kept under ``--runs`` (a finished run is read back, not retrained); the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -49,10 +50,12 @@ def adapted(runs: Path, name: str, *, block_size: int | None, shift: bool, lr: f
 
 
 def context_ar(runs: Path, name: str, init: str, steps: int, weight: float = 1.0,
-               lr: float = 1e-3) -> ExperimentConfig:
-    """Block 4 adapted from ``init`` with a causal context keeping the AR loss at ``weight``."""
-    return adapted(runs, name, block_size=4, shift=True, init=init, steps=steps, lr=lr, context="causal",
-                   context_ar=weight)
+               lr: float = 1e-3, distill: float = 0.0) -> ExperimentConfig:
+    """Block 4 adapted from ``init`` with a causal context keeping the AR loss at ``weight``,
+    ``distill`` of the masked targets taken from that clean stream (``context_distill``)."""
+    exp = adapted(runs, name, block_size=4, shift=True, init=init, steps=steps, lr=lr, context="causal",
+                  context_ar=weight)
+    return dataclasses.replace(exp, noise=dataclasses.replace(exp.noise, context_distill=distill))
 
 
 def variants(runs: Path) -> dict[str, ExperimentConfig]:
@@ -93,6 +96,9 @@ def variants(runs: Path) -> dict[str, ExperimentConfig]:
         "ar_15s": configs.quickstart_ar_phase(15 * STEPS // 16),
         "adapt_block4_after_15s_ctxar": context_ar(runs, "adapt_block4_after_15s_ctxar", "ar_15s", STEPS // 16),
         "adapt_block4_after_7e_causal": context_ar(runs, "adapt_block4_after_7e_causal", "ar_7e", STEPS // 8, 0.0),
+        # the masked targets partly (wholly) from the clean stream's AR predictions
+        **{name: context_ar(runs, name, "ar_7e", STEPS // 8, 1.0, 1e-3, a) for name, a in (
+            ("adapt_block4_after_7e_distill_h", 0.5), ("adapt_block4_after_7e_distill", 1.0))},
         # AR -> block 2 -> block 4, the adaptation half split in two phases
         "phase_b2": adapted(runs, "phase_b2", block_size=2, shift=True, steps=HALF // 2),
         "phase_b2_b4": adapted(runs, "phase_b2_b4", block_size=4, shift=True, init="phase_b2", steps=HALF // 2),

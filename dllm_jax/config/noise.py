@@ -54,6 +54,13 @@ class NoiseConfig:
         "causal"`` only: add this weight times the AR loss of the clean stream (every clean
         position predicts the next token, as the AR model it was adapted from did) to the
         block NELBO while training. 0 = the block NELBO alone. Evaluation is unchanged.
+      context_distill: masked block models with a causal context (as for
+        ``context_ar_weight``): the share, in [0, 1], of a masked token's training target
+        taken from the clean stream's own AR prediction of it (stop-gradient) instead of the
+        one-hot data token, at the masked positions with no visible token after them in
+        their block. There the AR conditional given the clean past is an unbiased,
+        lower-variance estimate of the denoiser's target (a Rao-Blackwellised label).
+        0 = one-hot targets. Evaluation is unchanged.
     """
 
     process: Literal["masked", "uniform", "hybrid", "ar"] = "masked"
@@ -72,6 +79,7 @@ class NoiseConfig:
     ar_fraction_end: float | None = None
     ar_anneal_end: float = 1.0
     context_ar_weight: float = 0.0
+    context_distill: float = 0.0
 
     def __post_init__(self):
         check_types(self)
@@ -135,6 +143,8 @@ class NoiseConfig:
             raise ValueError(f"NoiseConfig.ar_anneal_end must be in (0, 1], got {self.ar_anneal_end}")
         if not number(self, "context_ar_weight") >= 0:
             raise ValueError(f"NoiseConfig.context_ar_weight must be >= 0, got {self.context_ar_weight}")
+        if not 0 <= number(self, "context_distill") <= 1:
+            raise ValueError(f"NoiseConfig.context_distill must be in [0, 1], got {self.context_distill}")
         if self.process == "ar":
             recipe = {"time_distribution": "uniform", "t_low": 0.0, "t_high": 1.0,
                       "weighting": "elbo", "ar_fraction": 0.0, "ar_fraction_end": None,

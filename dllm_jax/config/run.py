@@ -102,6 +102,13 @@ def check_block_training(model: ModelConfig, noise: NoiseConfig, seq_len: int) -
             f"model: it needs ModelConfig.shift=True and context_attention='causal' (got shift="
             f"{model.shift}, context_attention={model.context_attention!r})"
         )
+    if noise.context_distill and not (model.shift and model.context_attention == "causal"
+                                      and noise.process == "masked"):
+        raise ValueError(
+            f"NoiseConfig.context_distill={noise.context_distill} takes targets from the clean stream's AR "
+            f"predictions: it needs process='masked', ModelConfig.shift=True and context_attention='causal' "
+            f"(got process={noise.process!r}, shift={model.shift}, context_attention={model.context_attention!r})"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,9 +209,10 @@ class ExperimentConfig:
             )
         if self.model.attention == "block_causal":
             check_block_training(self.model, self.noise, self.train.seq_len)
-        elif self.noise.context_ar_weight:
+        elif self.noise.context_ar_weight or self.noise.context_distill:
             raise ValueError(
-                f"NoiseConfig.context_ar_weight={self.noise.context_ar_weight} is for block-causal models, "
+                f"NoiseConfig.context_ar_weight={self.noise.context_ar_weight} and context_distill="
+                f"{self.noise.context_distill} are for block-causal models, "
                 f"got ModelConfig.attention={self.model.attention!r}"
             )
         if self.data.tokenizer == "" and self.data.vocab_size != self.model.num_tokens:

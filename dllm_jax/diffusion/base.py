@@ -72,6 +72,13 @@ def token_nll(logits_BLV, tokens_BL, num_tokens: int):
     return jax.nn.logsumexp(logits_BLV, axis=-1) - picked_BL
 
 
+def soft_token_nll(logits_BLV, target_BLV):
+    """Cross-entropy -sum_v target(v) log softmax(logits)(v) per position (B, L), in at
+    least float32: ``token_nll`` against a distribution instead of a token."""
+    logits_BLV = logits_BLV.astype(jnp.promote_types(logits_BLV.dtype, jnp.float32))
+    return jax.nn.logsumexp(logits_BLV, axis=-1) - jnp.sum(target_BLV * logits_BLV, axis=-1)
+
+
 @dataclasses.dataclass(frozen=True)
 class NoiseProcess(Objective):
     """Forward corruption q(x_t | x_0), factorised over positions, with its ELBO."""

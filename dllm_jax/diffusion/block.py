@@ -24,7 +24,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from dllm_jax.diffusion.base import NoiseProcess, Objective, token_nll
+from dllm_jax.diffusion.base import NoiseProcess, Objective, soft_token_nll, token_nll
 from dllm_jax.diffusion.times import TimeSampler
 
 _PERMUTE_SALT = 0x424C4B  # "BLK": the per-example permutation of block time strata
@@ -44,6 +44,13 @@ class BlockDiffusion(Objective):
       context_ar_weight: add this weight times the clean stream's AR loss (position i's
         raw output predicting token i + 1; ``NoiseConfig.context_ar_weight``) to the sums.
         A training objective only: it is no bound, and 0 leaves the block NELBO as it is.
+      context_distill: the share of a masked token's target taken from the clean stream's
+        AR prediction of it (stop-gradient; ``NoiseConfig.context_distill``) at the masked
+        positions past a block's first with nothing visible after them in their block. The
+        clean stream conditions on the whole clean past x_{<l}, which contains everything
+        the denoiser sees there, so (were it the data's conditional) its prediction is the
+        denoiser's target averaged over x_l alone: the same optimum, less variance. Masked
+        process only; a training objective, 0 = one-hot targets.
 
     Times: example i's uniform u_i (stratified over the global batch) becomes one time per
     block, u_{i,j} = (u_i + pi_i(j)) / n with pi_i a permutation of the n blocks drawn from
@@ -60,6 +67,7 @@ class BlockDiffusion(Objective):
     times: TimeSampler | None = None
     weighting: str = "elbo"
     context_ar_weight: float = 0.0
+    context_distill: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.block_size, int) or self.block_size < 1:
@@ -122,23 +130,42 @@ class BlockDiffusion(Objective):
         B, L = tokens_BL.shape
         n, C = self.num_blocks(L), self.block_size
         noisy_BL, t_BN = self.corrupt_blocks(keys_B, tokens_BL, loss_mask_BL, u_B)
-        context_BL = jnp.zeros(tokens_BL.shape)
-        if self.context_ar_weight:
+        context_BL, teacher_BLV = jnp.zeros(tokens_BL.shape), None
+        if self.context_ar_weight or self.context_distill:
             logits_BLV, clean_BLV = apply_fn(noisy_BL, t_BN, clean_BL=tokens_BL, with_context=True)
             next_BL = token_nll(clean_BLV[:, :-1], tokens_BL[:, 1:], self.num_tokens)
             context_BL = context_BL.at[:, 1:].set(jnp.where(loss_mask_BL[:, 1:], next_BL, 0.0))
+            teacher_BLV = jax.nn.softmax(jax.lax.stop_gradient(clean_BLV[:, :-1]).astype(jnp.float32), axis=-1)
         else:
             logits_BLV = apply_fn(noisy_BL, t_BN, clean_BL=tokens_BL)
+        hard_BL = token_nll(logits_BLV, tokens_BL, self.num_tokens)
+        change_BL = self._distilled(logits_BLV, teacher_BLV, hard_BL, noisy_BL)  # soft - hard target NLL
         if self.weighting == "flat":
             scored_BL = loss_mask_BL & self.process.denoising_positions(noisy_BL)
-            return token_nll(logits_BLV, tokens_BL, self.num_tokens), scored_BL, context_BL
+            return hard_BL + change_BL, scored_BL, context_BL
         times = self.sampler
         width = times.high - times.low if times.distribution == "uniform" else 1.0
         terms_RC = width * self.process.elbo_terms(
             logits_BLV.reshape(B * n, C, -1), tokens_BL.reshape(B * n, C), noisy_BL.reshape(B * n, C),
             t_BN.reshape(-1),
         )
+        if teacher_BLV is not None and self.context_distill:
+            terms_RC = terms_RC + width * self.process.weight(t_BN.reshape(-1))[:, None] * change_BL.reshape(B * n, C)
         return terms_RC.reshape(B, L), loss_mask_BL, context_BL
+
+    def _distilled(self, logits_BLV, teacher_BLV, hard_BL, noisy_BL):
+        """``context_distill`` times (the teacher's soft-target NLL - the one-hot NLL) at the
+        distilled positions (zero elsewhere, and when there is no distillation), (B, L)."""
+        if teacher_BLV is None or not self.context_distill:
+            return jnp.zeros(hard_BL.shape)
+        B, L = noisy_BL.shape
+        soft_BL = jnp.zeros(hard_BL.shape).at[:, 1:].set(soft_token_nll(logits_BLV[:, 1:], teacher_BLV))
+        masked_BNC = (noisy_BL == self.process.mask_id).reshape(B, L // self.block_size, self.block_size)
+        visible_BNC = (~masked_BNC).astype(jnp.int32)
+        visible_after_BNC = jnp.flip(jnp.cumsum(jnp.flip(visible_BNC, -1), -1), -1) - visible_BNC  # at > l
+        distilled_BL = (masked_BNC & (visible_after_BNC == 0)
+                        & (jnp.arange(self.block_size) > 0)).reshape(B, L)
+        return jnp.where(distilled_BL, self.context_distill * (soft_BL - hard_BL), 0.0)
 
 
 def noise_process(objective):

@@ -120,7 +120,7 @@ def training_objective(noise: NoiseConfig, model: ModelConfig, objective: Object
         return objective
     plain = (noise.time_distribution == "uniform" and noise.t_low == 0.0 and noise.t_high == 1.0
              and noise.weighting == "elbo" and noise.ar_fraction == 0.0 and not noise.ar_fraction_end
-             and not noise.context_ar_weight)
+             and not noise.context_ar_weight and not noise.context_distill)
     if plain:
         return objective
     times = TimeSampler(
@@ -132,6 +132,7 @@ def training_objective(noise: NoiseConfig, model: ModelConfig, objective: Object
     )
     if block is not None:  # AR rows are refused for block models by the config
         return dataclasses.replace(block, times=times, weighting=noise.weighting,
-                                   context_ar_weight=noise.context_ar_weight)
+                                   context_ar_weight=noise.context_ar_weight,
+                                   context_distill=noise.context_distill)
     return Recipe(objective, times, noise.weighting, noise.ar_fraction, noise.ar_fraction_end,
                   noise.ar_anneal_end, bos_id=model.bos_input, shift=model.shift)

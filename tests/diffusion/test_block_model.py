@@ -183,6 +183,60 @@ def test_context_ar_loss_adds_the_causal_models_next_token_nll():
                                total, rtol=1e-5)
 
 
+def test_context_distill_swaps_targets_for_the_clean_streams_predictions_where_unbiased():
+    """``context_distill`` a: the training terms are the one-hot ones plus, at each masked
+    position l past its block's first with no visible token after it in the block, a times
+    the ELBO weight (times the time range) times (CE against softmax(clean output at l - 1) - NLL of x_l); checked
+    against a per-position loop."""
+    graphdef, params = block_model(shift=True, context_attention="causal")
+    model = nnx.merge(graphdef, params)
+    config = model.config
+    plain = training_objective(NoiseConfig(context_ar_weight=1.0), config, make_objective(NoiseConfig(), V, config))
+    distilled = dataclasses.replace(plain, context_distill=0.7)
+    data = batch(5)
+    keys_B = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(2), i))(data["index"])
+    u_B = (jnp.arange(B) + 0.3) / B
+
+    def apply(noisy_BL, t_BN, clean_BL, with_context=False):
+        return model.two_stream(noisy_BL, clean_BL, None, with_context)
+
+    tokens, mask = data["tokens"], data["loss_mask"]
+    got = np.asarray(distilled.training_loss(apply, keys_B, tokens, mask, u_B))
+    base = np.asarray(plain.training_loss(apply, keys_B, tokens, mask, u_B))
+    noisy, t_BN = (np.asarray(x) for x in plain.corrupt_blocks(keys_B, tokens, mask, u_B))
+    logits, clean = (np.asarray(x, np.float64) for x in apply(jnp.asarray(noisy), None, tokens, with_context=True))
+    want, distilled_count = base.copy(), 0
+    width = plain.sampler.high - plain.sampler.low  # the uniform times' range (t_min clips it)
+    for b in range(B):
+        for pos in range(1, L):
+            blk, within = divmod(pos, BLOCK)
+            later = noisy[b, pos + 1:(blk + 1) * BLOCK]
+            if within == 0 or noisy[b, pos] != config.special.mask or np.any(later != config.special.mask):
+                continue
+            log_q = logits[b, pos] - np.log(np.sum(np.exp(logits[b, pos])))
+            teacher = np.exp(clean[b, pos - 1] - np.max(clean[b, pos - 1]))
+            teacher /= teacher.sum()
+            weight = width * float(plain.process.weight(jnp.asarray(t_BN[b, blk:blk + 1]))[0])
+            want[b, pos] += 0.7 * weight * (-np.sum(teacher * log_q) + log_q[tokens[b, pos]])
+            distilled_count += 1
+    assert distilled_count >= 4 and np.abs(got - base).max() > 1e-3
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("noise_kw", "match"), [
+    (dict(process="uniform"), "needs process='masked'"),
+    (dict(context_distill=1.5), "context_distill must be in"),
+])
+def test_context_distill_is_refused_without_a_masked_causal_context(noise_kw, match):
+    model = ModelConfig(**{**BASE, "shift": True, "context_attention": "causal"})
+    with pytest.raises(ValueError, match=match):
+        ExperimentConfig(name="ctx", model=model, data=DataConfig(vocab_size=V), train=TrainConfig(seq_len=16),
+                         noise=NoiseConfig(**{"context_distill": 0.5, **noise_kw}))
+    with pytest.raises(ValueError, match="needs process='masked'"):
+        ExperimentConfig(name="ctx", model=ModelConfig(**{**BASE, "shift": True}), data=DataConfig(vocab_size=V),
+                         train=TrainConfig(seq_len=16), noise=NoiseConfig(context_distill=0.5))
+
+
 @pytest.mark.parametrize(("model_kw", "match"), [
     (dict(shift=False, context_attention="causal"), "needs ModelConfig.shift=True"),
     (dict(shift=True), "context_attention='causal'"),
