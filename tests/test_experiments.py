@@ -13,6 +13,7 @@ from dllm_jax.training.loop import train, with_overrides
 from experiments import chat as chat_cli
 from experiments import configs, sft, tool_eval
 from experiments.cli import apply_overrides, experiment_from_args, experiment_parser
+from experiments.draft_acceptance import redraft_passes_per_token, tokens_per_pass
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +218,15 @@ def test_sft_trains_every_objective_and_chats(process, attention, tmp_path):
     reply = chat(tool_eval.writer_for(tmp_path / "run")[0], [{"role": "user", "content": "What is 2 plus 3?"}],
                  registry())
     assert reply.status in STATUSES and reply.nfe >= 1
+
+
+def test_draft_acceptance_passes_per_token_at_its_two_deterministic_limits():
+    """Every draft accepted: one pass per block of 4. None accepted past position 0: per
+    block, the exact position 0 (1 pass), then three rejections each followed by a re-draft
+    (5 passes, the last of which commits the next block's position 0), 6 passes / 4 tokens."""
+    ones, zeros = [[1.0] * 4] * 4, [[1.0, 0.0, 0.0, 0.0]] * 4
+    assert redraft_passes_per_token(ones, num_tokens=4000) == pytest.approx(0.25, abs=1e-3)
+    assert redraft_passes_per_token(zeros, num_tokens=4000) == pytest.approx(1.5, abs=1e-3)
+    assert tokens_per_pass([1.0, 0.5, 0.5, 0.5]) == pytest.approx(1.875)
+    half = [[1.0, 0.5, 0.5, 0.5]] * 4
+    assert 1 / tokens_per_pass(half[0]) < redraft_passes_per_token(half) < 1.5
