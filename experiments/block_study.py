@@ -58,6 +58,22 @@ def context_ar(runs: Path, name: str, init: str, steps: int, weight: float = 1.0
     return dataclasses.replace(exp, noise=dataclasses.replace(exp.noise, context_distill=distill))
 
 
+def sized(exp: ExperimentConfig, d_model: int, num_layers: int = 4) -> ExperimentConfig:
+    """``exp`` with another width (heads of 32, MLP 3x) and depth; the same tokens."""
+    model = dataclasses.replace(exp.model, d_model=d_model, num_heads=d_model // 32, mlp_dim=3 * d_model,
+                                num_layers=num_layers)
+    return dataclasses.replace(exp, model=model)
+
+
+def scaled(runs: Path, tag: str, d_model: int, num_layers: int = 4) -> dict[str, ExperimentConfig]:
+    """AR, its 7/8 phase and the w = 1 block-4 adaptation at equal tokens, at another size."""
+    return {f"ar_{tag}": sized(configs.quickstart("ar"), d_model, num_layers),
+            f"ar_7e_{tag}": sized(configs.quickstart_ar_phase(7 * STEPS // 8), d_model, num_layers),
+            f"adapt_block4_after_7e_ctxar_{tag}": sized(
+                context_ar(runs, f"adapt_block4_after_7e_ctxar_{tag}", f"ar_7e_{tag}", STEPS // 8), d_model,
+                num_layers)}
+
+
 def variants(runs: Path) -> dict[str, ExperimentConfig]:
     return {
         "ar": configs.quickstart("ar"),
@@ -99,6 +115,8 @@ def variants(runs: Path) -> dict[str, ExperimentConfig]:
         # the masked targets partly (wholly) from the clean stream's AR predictions
         **{name: context_ar(runs, name, "ar_7e", STEPS // 8, 1.0, 1e-3, a) for name, a in (
             ("adapt_block4_after_7e_distill_h", 0.5), ("adapt_block4_after_7e_distill", 1.0))},
+        # model size at the same tokens: half and twice the quickstart's width
+        **scaled(runs, "d64", 64), **scaled(runs, "d256", 256),
         # AR -> block 2 -> block 4, the adaptation half split in two phases
         "phase_b2": adapted(runs, "phase_b2", block_size=2, shift=True, steps=HALF // 2),
         "phase_b2_b4": adapted(runs, "phase_b2_b4", block_size=4, shift=True, init="phase_b2", steps=HALF // 2),
@@ -192,7 +210,7 @@ def ar_lookahead_nll(run_dir: Path, block_size: int = 4, starts=range(16, 128, 1
 
 
 def report(records: dict[str, dict], out: Path) -> str:
-    ar = records.get("ar")
+    """The table; ratios against ``ar`` (``ar_<size>`` for a run named ``..._<size>``)."""
     lines = ["| run | attention | block | shift | init | data tokens | bound (nats) | ppl | ppl / AR ppl | "
              "NLL@t=0.1 | NLL by position in block at t=1 | train wall (s) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -203,6 +221,8 @@ def report(records: dict[str, dict], out: Path) -> str:
             if before is None:
                 break
             tokens, parent = tokens + before["tokens"], before["init_from"]
+        size = name.rsplit("_", 1)[-1]
+        ar = records.get(f"ar_{size}" if f"ar_{size}" in records and f"ar_7e_{size}" in records else "ar")
         same = ar is not None and tokens == ar["tokens"]  # a ratio only at equal tokens
         ratio = f"{math.exp(r['val_loss'] - ar['val_loss']):.2f}x" if same else "-"
         lines.append(f"| {name} | {r['attention']} | {r['block_size'] or '-'} | {r['shift']} | "
