@@ -50,12 +50,12 @@ def adapted(runs: Path, name: str, *, block_size: int | None, shift: bool, lr: f
 
 
 def context_ar(runs: Path, name: str, init: str, steps: int, weight: float = 1.0,
-               lr: float = 1e-3, distill: float = 0.0) -> ExperimentConfig:
-    """Block 4 adapted from ``init`` with a causal context keeping the AR loss at ``weight``,
-    ``distill`` of the masked targets taken from that clean stream (``context_distill``)."""
-    exp = adapted(runs, name, block_size=4, shift=True, init=init, steps=steps, lr=lr, context="causal",
-                  context_ar=weight)
-    return dataclasses.replace(exp, noise=dataclasses.replace(exp.noise, context_distill=distill))
+               lr: float = 1e-3, block_size: int = 4, **noise) -> ExperimentConfig:
+    """Block ``block_size`` adapted from ``init`` with a causal context keeping the AR loss at
+    ``weight``; ``noise`` overrides other ``NoiseConfig`` fields (``context_distill``, times)."""
+    exp = adapted(runs, name, block_size=block_size, shift=True, init=init, steps=steps, lr=lr,
+                  context="causal", context_ar=weight)
+    return dataclasses.replace(exp, noise=dataclasses.replace(exp.noise, **noise))
 
 
 def sized(exp: ExperimentConfig, d_model: int, num_layers: int = 4) -> ExperimentConfig:
@@ -113,10 +113,24 @@ def variants(runs: Path) -> dict[str, ExperimentConfig]:
         "adapt_block4_after_15s_ctxar": context_ar(runs, "adapt_block4_after_15s_ctxar", "ar_15s", STEPS // 16),
         "adapt_block4_after_7e_causal": context_ar(runs, "adapt_block4_after_7e_causal", "ar_7e", STEPS // 8, 0.0),
         # the masked targets partly (wholly) from the clean stream's AR predictions
-        **{name: context_ar(runs, name, "ar_7e", STEPS // 8, 1.0, 1e-3, a) for name, a in (
+        **{name: context_ar(runs, name, "ar_7e", STEPS // 8, context_distill=a) for name, a in (
             ("adapt_block4_after_7e_distill_h", 0.5), ("adapt_block4_after_7e_distill", 1.0))},
+        # the training-time distribution and weighting of the w = 1 recipe (logit-normal, ELBO)
+        **{f"adapt_block4_after_7e_ctxar_{tag}": context_ar(runs, f"adapt_block4_after_7e_ctxar_{tag}", "ar_7e",
+                                                             STEPS // 8, **noise) for tag, noise in (
+            ("uniform", dict(time_distribution="uniform")),
+            ("clip30_80", dict(time_distribution="uniform", t_low=0.3, t_high=0.8)),
+            ("clip45_95", dict(time_distribution="uniform", t_low=0.45, t_high=0.95)),
+            ("flat", dict(weighting="flat")))},
+        # the block size of the w = 1 recipe
+        **{f"adapt_block{b}_after_7e_ctxar": context_ar(runs, f"adapt_block{b}_after_7e_ctxar", "ar_7e", STEPS // 8,
+                                                        block_size=b) for b in (2, 8, 16)},
         # model size at the same tokens: half and twice the quickstart's width
         **scaled(runs, "d64", 64), **scaled(runs, "d256", 256),
+        # 4x the tokens at the quickstart's size, the same 7/8 split and context AR loss
+        "ar_x4": configs.quickstart_ar_phase(4 * STEPS),
+        "ar_7e_x4": configs.quickstart_ar_phase(4 * 7 * STEPS // 8),
+        "adapt_block4_after_7e_ctxar_x4": context_ar(runs, "adapt_block4_after_7e_ctxar_x4", "ar_7e_x4", STEPS // 2),
         # AR -> block 2 -> block 4, the adaptation half split in two phases
         "phase_b2": adapted(runs, "phase_b2", block_size=2, shift=True, steps=HALF // 2),
         "phase_b2_b4": adapted(runs, "phase_b2_b4", block_size=4, shift=True, init="phase_b2", steps=HALF // 2),
