@@ -110,7 +110,9 @@ class _BlockLoop:
 
     @property
     def fused(self) -> bool:
-        return self.denoiser.keeps_blocks and self.denoiser.fuses_writes
+        # one block (block size = canvas): no next block to fuse a write into
+        many = self.fixed_BS.shape[1] > self.plan.block
+        return self.denoiser.keeps_blocks and self.denoiser.fuses_writes and many
 
     @property
     def stops(self) -> tuple:

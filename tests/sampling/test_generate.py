@@ -44,6 +44,19 @@ def gen(attention="block_causal", prompts=PROMPTS, shift=False, context="block_c
 
 
 @pytest.mark.parametrize("shift", [False, True])
+def test_one_block_the_size_of_the_canvas_samples_as_recomputation_does(shift):
+    """block_size = max_len (the full-sequence objective as a block model): no next block to
+    fuse the write into; the exact cache gives recomputation's tokens."""
+    config = ModelConfig(**{**BASE, "max_len": 8}, attention="block_causal", block_size=8, shift=shift)
+    net = create_model(config, make_mesh(MeshConfig()), seed=1)
+    kw = dict(length=6, rule=rule(), num_steps=4, block_size=8)
+    cached = generate(*net, [[1, 2], [3]], cache="exact", **kw)
+    full = generate(*net, [[1, 2], [3]], cache="none", **kw)
+    np.testing.assert_array_equal(cached.tokens, full.tokens)
+    assert (np.asarray(cached.tokens)[:, 2:] != special_ids(V).mask).all()
+
+
+@pytest.mark.parametrize("shift", [False, True])
 def test_exact_cache_equals_recomputation(shift):
     cached = gen(block_size=BLOCK, cache="exact", shift=shift)
     separate = gen(block_size=BLOCK, cache="exact", shift=shift, fuse_writes=False)
