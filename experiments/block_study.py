@@ -122,9 +122,9 @@ def variants(runs: Path) -> dict[str, ExperimentConfig]:
             ("clip30_80", dict(time_distribution="uniform", t_low=0.3, t_high=0.8)),
             ("clip45_95", dict(time_distribution="uniform", t_low=0.45, t_high=0.95)),
             ("flat", dict(weighting="flat")))},
-        # the block size of the w = 1 recipe
+        # the block size of the w = 1 recipe (128 = the sequence: the full-sequence objective)
         **{f"adapt_block{b}_after_7e_ctxar": context_ar(runs, f"adapt_block{b}_after_7e_ctxar", "ar_7e", STEPS // 8,
-                                                        block_size=b) for b in (2, 8, 16)},
+                                                        block_size=b) for b in (2, 8, 16, 128)},
         # model size at the same tokens: half and twice the quickstart's width
         **scaled(runs, "d64", 64), **scaled(runs, "d256", 256),
         # 4x the tokens at the quickstart's size, the same 7/8 split and context AR loss
