@@ -8,7 +8,9 @@
 * AR KV-cache decoding at several temperatures, and AR gen ppl interpolated at the
   diffusion samples' entropy (``matched_entropy``);
 * tokens/s at batch 1 for ``--length`` new tokens, diffusion (threshold) and AR measured
-  back to back in this process.
+  back to back in this process;
+* ``--ancestral K ...``: the model's own ancestral sampler (``sampling.ancestral``, the
+  staggered clocks of a ``block_stagger`` model) at K steps per block, beside the rest.
 
     python -m experiments.block_eval --diffusion runs/block/adapt_block16 --ar runs/block/ar \\
         [--judge RUN] [--out benchmarks/block/speed_adapt_block16.json]
@@ -26,7 +28,7 @@ from pathlib import Path
 import jax
 
 from dllm_jax.evaluation.sweep import ar_records, diffusion_records, matched_entropy
-from dllm_jax.sampling import make_rule
+from dllm_jax.sampling import ancestral, make_rule
 from dllm_jax.training.loop import load_judge, load_run
 from experiments.sweep_steps import quality_kwargs
 
@@ -39,7 +41,7 @@ THRESHOLDS = (0.9, 0.5, 0.1)
 
 def speed_and_quality(diffusion_dir, ar_dir, *, judge_dir=None, length: int = 128, num_samples: int = 32,
                       batch_size: int = 16, thresholds=THRESHOLDS, temperatures=AR_TEMPERATURES,
-                      timing_samples: int = 4, tolerance: float = 0.10, log=print) -> dict:
+                      timing_samples: int = 4, tolerance: float = 0.10, ancestral_steps=(), log=print) -> dict:
     """The records and a summary. The summary's threshold is the one with the fewest passes
     per token whose gen ppl is within ``tolerance`` of one token per step (the highest
     threshold if none is); batch-1 speed is measured with it."""
@@ -63,11 +65,14 @@ def speed_and_quality(diffusion_dir, ar_dir, *, judge_dir=None, length: int = 12
         diff += diffusion_records(d_graphdef, d_params, {k: v for k, v in rules.items() if k != "one token per step"},
                                   [blk // 2], num_samples=num_samples, batch_size=batch_size, block_size=blk,
                                   cache="exact", log=log, **common)
+    anc = diffusion_records(d_graphdef, d_params, {"ancestral": ancestral(d_obj)}, list(ancestral_steps),
+                            num_samples=num_samples, batch_size=batch_size, block_size=blk, cache="exact", log=log,
+                            **common) if ancestral_steps else []
     log(f"=== AR ({ar_dir}) with its KV cache, temperatures {list(temperatures)}")
     ar = ar_records(a_graphdef, a_params, temperatures, num_samples=num_samples, batch_size=batch_size, log=log,
                     **common)
-    diff = matched_entropy(diff, ar)
-    for r in diff:
+    diff, anc = matched_entropy(diff, ar), matched_entropy(anc, ar) if anc else []
+    for r in diff + anc:
         r["passes_per_token"] = r["nfe"] / length
     base, fits = diff[0], [r for r in diff[1:] if r["gen_ppl"] <= (1 + tolerance) * diff[0]["gen_ppl"]]
     thr = min(fits, key=lambda r: r["passes_per_token"]) if fits else diff[1]
@@ -85,7 +90,8 @@ def speed_and_quality(diffusion_dir, ar_dir, *, judge_dir=None, length: int = 12
     device = jax.devices()[0]
     return {"device": f"{device.platform}:{device.device_kind}", "jax": jax.__version__,
             "diffusion": str(diffusion_dir), "ar": str(ar_dir), "judge": str(judge_dir or ar_dir),
-            "summary": summary, "diffusion_records": diff, "ar_records": ar, "batch1": [fast, ar_one]}
+            "summary": summary, "diffusion_records": diff, "ancestral_records": anc, "ar_records": ar,
+            "batch1": [fast, ar_one]}
 
 
 def _summary(blk, length, thr, base, fast, ar_one, within_tolerance: bool) -> dict:
@@ -122,11 +128,14 @@ def main(argv=None):
     parser.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
     parser.add_argument("--temperatures", type=float, nargs="+", default=list(AR_TEMPERATURES),
                         help="AR sampling temperatures (AR gen ppl is interpolated at the diffusion entropy)")
+    parser.add_argument("--ancestral", type=int, nargs="*", default=[],
+                        help="also sample with the model's ancestral rule at these steps per block")
     parser.add_argument("--out", help="write the records here as JSON")
     args = parser.parse_args(argv)
     result = speed_and_quality(args.diffusion, args.ar, judge_dir=args.judge, length=args.length,
                                num_samples=args.num_samples, batch_size=min(args.num_samples, 16),
-                               thresholds=args.thresholds, temperatures=args.temperatures)
+                               thresholds=args.thresholds, temperatures=args.temperatures,
+                               ancestral_steps=args.ancestral)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1, default=str))

@@ -29,8 +29,9 @@ from flax import nnx
 
 from dllm_jax.config import ExperimentConfig
 from dllm_jax.diffusion import shift_right, token_nll
+from dllm_jax.evaluation.eval_step import make_eval_step
 from dllm_jax.sharding import make_mesh
-from dllm_jax.training.loop import eval_batches, load_run, train
+from dllm_jax.training.loop import eval_batches, evaluate, load_run, train
 from experiments import configs
 
 STEPS = 2400
@@ -125,6 +126,10 @@ def variants(runs: Path) -> dict[str, ExperimentConfig]:
         # the block size of the w = 1 recipe (128 = the sequence: the full-sequence objective)
         **{f"adapt_block{b}_after_7e_ctxar": context_ar(runs, f"adapt_block{b}_after_7e_ctxar", "ar_7e", STEPS // 8,
                                                         block_size=b) for b in (2, 8, 16, 128)},
+        # staggered clocks inside the block (reveal order biased left to right; 1 = AR in the block)
+        **{f"adapt_block4_after_7e_ctxar_stagger{round(100 * g)}": context_ar(
+            runs, f"adapt_block4_after_7e_ctxar_stagger{round(100 * g)}", "ar_7e", STEPS // 8, block_stagger=g)
+           for g in (0.25, 0.5, 0.75, 1.0)},
         # model size at the same tokens: half and twice the quickstart's width
         **scaled(runs, "d64", 64), **scaled(runs, "d256", 256),
         # 4x the tokens at the quickstart's size, the same 7/8 split and context AR loss
@@ -223,6 +228,18 @@ def ar_lookahead_nll(run_dir: Path, block_size: int = 4, starts=range(16, 128, 1
     return [float(x) for x in totals / count]
 
 
+def staggered_bounds(run_dir: Path, staggers=(0.0, 0.25, 0.5, 0.75, 1.0)) -> dict[str, float]:
+    """A masked block run's validation bound (nats per token) under each stagger of the
+    clocks: the same network, the generative processes that reveal its blocks in orders
+    biased left to right by that much (the evaluation of training, with the stagger swapped)."""
+    exp, graphdef, params, tok, objective, _ = load_run(run_dir)
+    mesh = make_mesh(exp.mesh)
+    batches = eval_batches(exp, tok, mesh)
+    return {f"{g:g}": evaluate(make_eval_step(dataclasses.replace(objective, stagger=g), graphdef, mesh,
+                                              seed=exp.train.seed), params, batches,
+                               exp.loop.eval_time_points)["val_loss"] for g in staggers}
+
+
 def report(records: dict[str, dict], out: Path) -> str:
     """The table; ratios against ``ar`` (``ar_<size>`` for a run named ``..._<size>``)."""
     lines = ["| run | attention | block | shift | init | data tokens | bound (nats) | ppl | ppl / AR ppl | "
@@ -271,7 +288,16 @@ def main(argv=None):
     parser.add_argument("--backfill", action="store_true", help="add position_nll_t1 to block records that lack it")
     parser.add_argument("--lookahead", metavar="AR_RUN", help="print (and save to --out) the AR run's own NLL "
                         "of each block position at t = 1, the intermediate tokens marginalised, then exit")
+    parser.add_argument("--rebound", nargs="+", metavar="RUN", help="print (and save to --out) each block "
+                        "run's bound under staggers 0 .. 1 of its clocks, then exit")
     args = parser.parse_args(argv)
+    if args.rebound:
+        bounds = {run: staggered_bounds(Path(run)) for run in args.rebound}
+        for run, b in bounds.items():
+            print(f"{run}: bound by stagger " + " / ".join(f"{g}: {x:.3f}" for g, x in b.items()), flush=True)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "rebound.json").write_text(json.dumps(bounds, indent=1))
+        return
     if args.lookahead:
         nll = ar_lookahead_nll(Path(args.lookahead))
         print(f"{args.lookahead}: NLL of token s + k given x_<s, k = 0..{len(nll) - 1}: "

@@ -86,9 +86,13 @@ def posterior_marginals(kind: str, states_XL, probs_S, alpha: float) -> np.ndarr
     return np.einsum("xs,slv->xlv", post_XS, np.eye(V)[seqs_SL])
 
 
-def masked_step_kernel(states_XL, marg_XLV, a_t: float, a_s: float) -> np.ndarray:
-    """Per-position next-symbol probabilities (X, L, V + 1) of one masked ancestral step."""
-    p_unmask = (a_s - a_t) / (1.0 - a_t)
+def masked_step_kernel(states_XL, marg_XLV, a_t, a_s) -> np.ndarray:
+    """Per-position next-symbol probabilities (X, L, V + 1) of one masked ancestral step.
+
+    ``a_t``, ``a_s``: scalars, or one per position (L,) (staggered clocks); a position at
+    alpha_t = 1 unmasks for sure."""
+    a_t, a_s = np.asarray(a_t, np.float64), np.asarray(a_s, np.float64)
+    p_unmask = np.where(a_t < 1.0, (a_s - a_t) / np.where(a_t < 1.0, 1.0 - a_t, 1.0), 1.0)[..., None]
     is_mask_XL1 = (states_XL == MASK_SYMBOL)[..., None]
     from_mask = np.concatenate(
         [p_unmask * marg_XLV, np.full(marg_XLV.shape[:2] + (1,), 1.0 - p_unmask)], axis=-1

@@ -61,6 +61,11 @@ class NoiseConfig:
         their block. There the AR conditional given the clean past is an unbiased,
         lower-variance estimate of the denoiser's target (a Rao-Blackwellised label).
         0 = one-hot targets. Evaluation is unchanged.
+      block_stagger: masked block models only, in [0, 1]: the block positions' clocks are
+        staggered so that later positions are masked earlier (``BlockDiffusion.stagger``):
+        0 = BD3-LM (one time per block), 1 = the reveal order is left to right (the block
+        NELBO is the AR NLL). It defines the model: evaluation reports this bound and the
+        ancestral sampler follows the same clocks.
     """
 
     process: Literal["masked", "uniform", "hybrid", "ar"] = "masked"
@@ -80,6 +85,7 @@ class NoiseConfig:
     ar_anneal_end: float = 1.0
     context_ar_weight: float = 0.0
     context_distill: float = 0.0
+    block_stagger: float = 0.0
 
     def __post_init__(self):
         check_types(self)
@@ -145,6 +151,11 @@ class NoiseConfig:
             raise ValueError(f"NoiseConfig.context_ar_weight must be >= 0, got {self.context_ar_weight}")
         if not 0 <= number(self, "context_distill") <= 1:
             raise ValueError(f"NoiseConfig.context_distill must be in [0, 1], got {self.context_distill}")
+        if not 0 <= number(self, "block_stagger") <= 1:
+            raise ValueError(f"NoiseConfig.block_stagger must be in [0, 1], got {self.block_stagger}")
+        if self.block_stagger and self.process != "masked":
+            raise ValueError(f"NoiseConfig.block_stagger={self.block_stagger} staggers the masked process's "
+                             f"clocks; it needs process='masked', got {self.process!r}")
         if self.process == "ar":
             recipe = {"time_distribution": "uniform", "t_low": 0.0, "t_high": 1.0,
                       "weighting": "elbo", "ar_fraction": 0.0, "ar_fraction_end": None,

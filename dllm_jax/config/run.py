@@ -209,11 +209,11 @@ class ExperimentConfig:
             )
         if self.model.attention == "block_causal":
             check_block_training(self.model, self.noise, self.train.seq_len)
-        elif self.noise.context_ar_weight or self.noise.context_distill:
+        elif self.noise.context_ar_weight or self.noise.context_distill or self.noise.block_stagger:
             raise ValueError(
-                f"NoiseConfig.context_ar_weight={self.noise.context_ar_weight} and context_distill="
-                f"{self.noise.context_distill} are for block-causal models, "
-                f"got ModelConfig.attention={self.model.attention!r}"
+                f"NoiseConfig.context_ar_weight={self.noise.context_ar_weight}, context_distill="
+                f"{self.noise.context_distill} and block_stagger={self.noise.block_stagger} are for "
+                f"block-causal models, got ModelConfig.attention={self.model.attention!r}"
             )
         if self.data.tokenizer == "" and self.data.vocab_size != self.model.num_tokens:
             raise ValueError(

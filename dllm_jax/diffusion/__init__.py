@@ -36,7 +36,7 @@ def make_objective(config: NoiseConfig, num_tokens: int, model: ModelConfig | No
     }
     objective = makers[config.process]()
     if model is not None and model.attention == "block_causal" and config.process != "ar":
-        return BlockDiffusion(objective, model.block_size)
+        return BlockDiffusion(objective, model.block_size, stagger=config.block_stagger)
     return objective
 
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from dllm_jax.diffusion.base import NoiseProcess, Objective, soft_token_nll, token_nll
+from dllm_jax.diffusion.masked import MaskedProcess, per_position
 from dllm_jax.diffusion.times import TimeSampler
 
 _PERMUTE_SALT = 0x424C4B  # "BLK": the per-example permutation of block time strata
@@ -51,6 +52,15 @@ class BlockDiffusion(Objective):
         the denoiser sees there, so (were it the data's conditional) its prediction is the
         denoiser's target averaged over x_l alone: the same optimum, less variance. Masked
         process only; a training objective, 0 = one-hot targets.
+      stagger: the masked process only, in [0, 1]: block position j runs the process's
+        clock on its own window of the block time t, tau_j(t) = clip((t - a_j) / w, 0, 1)
+        with w = 1 / (1 + stagger (C - 1)) and a_j = stagger (C - 1 - j) w, so later
+        positions are masked earlier in t and revealed later (``stagger_times``). 0 is
+        BD3-LM (every position at t); 1 makes the windows disjoint: the reveal order is left
+        to right and the block NELBO is the AR NLL of the block. In between the bound
+        averages over reveal orders biased left to right (and is still a bound: the forward
+        process factorises over positions, each term weighted by its own rate). It defines
+        the model, as the block size does: evaluation and ``ancestral`` use it.
 
     Times: example i's uniform u_i (stratified over the global batch) becomes one time per
     block, u_{i,j} = (u_i + pi_i(j)) / n with pi_i a permutation of the n blocks drawn from
@@ -68,10 +78,16 @@ class BlockDiffusion(Objective):
     weighting: str = "elbo"
     context_ar_weight: float = 0.0
     context_distill: float = 0.0
+    stagger: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.block_size, int) or self.block_size < 1:
             raise ValueError(f"BlockDiffusion.block_size must be an integer >= 1, got {self.block_size!r}")
+        if not 0 <= self.stagger <= 1:
+            raise ValueError(f"BlockDiffusion.stagger must be in [0, 1], got {self.stagger!r}")
+        if self.stagger and type(self.process) is not MaskedProcess:
+            raise ValueError(f"BlockDiffusion.stagger={self.stagger} is for the masked process, "
+                             f"got {type(self.process).__name__}")
         if self.weighting not in ("elbo", "flat"):
             raise ValueError(f"BlockDiffusion.weighting must be 'elbo' or 'flat', got {self.weighting!r}")
 
@@ -114,13 +130,25 @@ class BlockDiffusion(Objective):
         total = jnp.sum(jnp.where(scored_BL, terms_BL, 0.0)) + self.context_ar_weight * jnp.sum(context_BL)
         return total, jnp.sum(scored_BL)
 
+    def stagger_times(self, t_R):
+        """(tau (R, C), rate (R, C)): each block position's process time at block time t and
+        d tau / dt (0 outside its window); with no stagger, (t, 1) per position."""
+        C = self.block_size
+        if not self.stagger:
+            return jnp.broadcast_to(t_R[:, None], t_R.shape + (C,)), jnp.ones(t_R.shape + (C,))
+        width = 1.0 / (1.0 + self.stagger * (C - 1))
+        start_C = self.stagger * (C - 1 - jnp.arange(C)) * width
+        raw_RC = (t_R[:, None] - start_C) / width
+        return jnp.clip(raw_RC, 0.0, 1.0), jnp.where((raw_RC > 0) & (raw_RC < 1), 1.0 / width, 0.0)
+
     def corrupt_blocks(self, keys_B, tokens_BL, loss_mask_BL, u_B):
         """(x_t (B, L) with every block at its own time, the times t_BN (B, n))."""
         B, L = tokens_BL.shape
         n = self.num_blocks(L)
         keys_R, u_R = self.block_keys_and_uniforms(keys_B, u_B, L)
         t_R = self.sampler(u_R)
-        noisy_RC = self.process.corrupt(keys_R, tokens_BL.reshape(B * n, self.block_size), t_R)
+        clock = self.stagger_times(t_R)[0] if self.stagger else t_R
+        noisy_RC = self.process.corrupt(keys_R, tokens_BL.reshape(B * n, self.block_size), clock)
         noisy_BL = jnp.where(loss_mask_BL, noisy_RC.reshape(B, L), tokens_BL)
         return noisy_BL, t_R.reshape(B, n)
 
@@ -145,12 +173,15 @@ class BlockDiffusion(Objective):
             return hard_BL + change_BL, scored_BL, context_BL
         times = self.sampler
         width = times.high - times.low if times.distribution == "uniform" else 1.0
-        terms_RC = width * self.process.elbo_terms(
-            logits_BLV.reshape(B * n, C, -1), tokens_BL.reshape(B * n, C), noisy_BL.reshape(B * n, C),
-            t_BN.reshape(-1),
-        )
+        clock, rate_RC = t_BN.reshape(-1), 1.0
+        if self.stagger:  # each position's own clock (kept in the process's range) and rate
+            tau_RC, rate_RC = self.stagger_times(clock)
+            clock = jnp.clip(tau_RC, max(self.process.t_min, 1e-6), self.process.t_max)  # finite weights
+        terms_RC = width * rate_RC * self.process.elbo_terms(
+            logits_BLV.reshape(B * n, C, -1), tokens_BL.reshape(B * n, C), noisy_BL.reshape(B * n, C), clock)
         if teacher_BLV is not None and self.context_distill:
-            terms_RC = terms_RC + width * self.process.weight(t_BN.reshape(-1))[:, None] * change_BL.reshape(B * n, C)
+            weight_RC = per_position(self.process.weight(clock))
+            terms_RC = terms_RC + width * rate_RC * weight_RC * change_BL.reshape(B * n, C)
         return terms_RC.reshape(B, L), loss_mask_BL, context_BL
 
     def _distilled(self, logits_BLV, teacher_BLV, hard_BL, noisy_BL):

@@ -19,8 +19,15 @@ import jax.numpy as jnp
 from dllm_jax.diffusion.base import NoiseProcess, per_example_uniform, token_nll
 
 
+def per_position(x):
+    """A per-row quantity (B,) as a column (B, 1); per-position ones (B, L) as they are."""
+    return x[:, None] if x.ndim == 1 else x
+
+
 @dataclasses.dataclass(frozen=True)
 class MaskedProcess(NoiseProcess):
+    """Times are per row (B,) or per position (B, L) (a staggered block's clocks)."""
+
     mask_id: int = -1
 
     def __post_init__(self):
@@ -31,14 +38,14 @@ class MaskedProcess(NoiseProcess):
             )
 
     def likelihood(self, noisy_BL, t_B):
-        a = self.schedule.alpha(t_B)[:, None, None]
+        a = per_position(self.schedule.alpha(t_B))[..., None]
         is_mask = (noisy_BL == self.mask_id)[..., None]
         clean = jax.nn.one_hot(noisy_BL, self.num_tokens) * a
         return jnp.where(is_mask, 1.0 - a, clean)
 
     def corrupt(self, keys_B, tokens_BL, t_B):
         u_BL = per_example_uniform(keys_B, tokens_BL.shape[1:])
-        drop = u_BL >= self.schedule.alpha(t_B)[:, None]
+        drop = u_BL >= per_position(self.schedule.alpha(t_B))
         return jnp.where(drop, self.mask_id, tokens_BL)
 
     def prior(self, keys_B, length: int):
@@ -51,7 +58,7 @@ class MaskedProcess(NoiseProcess):
     def elbo_terms(self, logits_BLV, tokens_BL, noisy_BL, t_B):
         nll_BL = token_nll(logits_BLV, tokens_BL, self.num_tokens)
         is_mask = noisy_BL == self.mask_id
-        return jnp.where(is_mask, self.weight(t_B)[:, None] * nll_BL, 0.0)
+        return jnp.where(is_mask, per_position(self.weight(t_B)) * nll_BL, 0.0)
 
     def denoising_positions(self, noisy_BL):
         """The masked positions: every other token is carried over (SUBS)."""

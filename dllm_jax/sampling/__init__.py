@@ -1,6 +1,11 @@
 """Sampler state, step rules, the scan driver, and KV-cache AR decoding."""
 
-from dllm_jax.sampling.ancestral import MaskedAncestral, UniformAncestral, ancestral
+from dllm_jax.sampling.ancestral import (
+    MaskedAncestral,
+    StaggeredAncestral,
+    UniformAncestral,
+    ancestral,
+)
 from dllm_jax.sampling.blocks import BlockDenoiser, run_blocks, sample_blocks
 from dllm_jax.sampling.draws import Logits
 from dllm_jax.sampling.driver import StepRule, example_keys, run_sampler, sample, time_grid
@@ -34,6 +39,7 @@ __all__ = [
     "OrderedUnmask",
     "ReMDM",
     "StepRule",
+    "StaggeredAncestral",
     "UniformAncestral",
     "UniformPredictorCorrector",
     "ancestral",

@@ -12,7 +12,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from dllm_jax.diffusion.block import noise_process
+from dllm_jax.diffusion.block import BlockDiffusion, noise_process
 from dllm_jax.diffusion.hybrid import HybridProcess
 from dllm_jax.diffusion.masked import MaskedProcess
 from dllm_jax.diffusion.uniform import UniformProcess
@@ -31,9 +31,11 @@ def times_B(batch, t):
 
 
 def unmask_probability(process: MaskedProcess, t, s):
-    """(alpha_s - alpha_t) / (1 - alpha_t): a masked position's chance to unmask from t to s."""
+    """(alpha_s - alpha_t) / (1 - alpha_t): a masked position's chance to unmask from t to s
+    (1 where alpha_t = 1: a staggered position whose window has passed). Times are scalars
+    or per position."""
     a_t, a_s = process.schedule.alpha(t), process.schedule.alpha(s)
-    return (a_s - a_t) / (1.0 - a_t)
+    return jnp.where(a_t < 1.0, (a_s - a_t) / (1.0 - a_t), 1.0)
 
 
 def masked_ancestral_update(process, logits_BLV, tokens_BL, t, s, keys_BL, logits: Logits):
@@ -127,8 +129,33 @@ class HybridAncestral(StepRule):
         return new_BL, jnp.ones((batch,), jnp.int32), state
 
 
+@dataclasses.dataclass(frozen=True)
+class StaggeredAncestral(MaskedAncestral):
+    """The masked ancestral step of a staggered block objective (``BlockDiffusion.stagger``):
+    block position j unmasks from t to s with probability (alpha(tau_j(s)) - alpha(tau_j(t)))
+    / (1 - alpha(tau_j(t))), its own clock's. The canvas is whole blocks from a block start
+    (the block loop's chunks). With stagger 1 and K = block size steps it is AR sampling."""
+
+    objective: BlockDiffusion | None = None
+
+    def step(self, denoise, tokens_BL, t, s, keys_BL, state):
+        batch, length = tokens_BL.shape
+        C = self.objective.block_size
+        if length % C:
+            raise ValueError(f"a staggered block rule steps whole blocks: canvas length {length} is not a "
+                             f"multiple of block_size={C}")
+        tau_t, tau_s = (jnp.tile(self.objective.stagger_times(jnp.full((1,), x, jnp.float32))[0][0], length // C)
+                        for x in (t, s))
+        logits_BLV = denoise(tokens_BL, times_B(batch, t))
+        new_BL = masked_ancestral_update(self.process, logits_BLV, tokens_BL, tau_t, tau_s, keys_BL, self.logits)
+        return new_BL, jnp.ones((batch,), jnp.int32), state
+
+
 def ancestral(process, logits: Logits = Logits()) -> StepRule:
-    """The ancestral step rule of a noise process (a block objective's inner process)."""
+    """The ancestral step rule of a noise process (a block objective's inner process; a
+    staggered block objective's own clocks)."""
+    if isinstance(process, BlockDiffusion) and process.stagger:
+        return StaggeredAncestral(process.process, logits, process)
     process = noise_process(process)
     rules = {MaskedProcess: MaskedAncestral, UniformProcess: UniformAncestral, HybridProcess: HybridAncestral}
     for kind, rule in rules.items():

@@ -234,9 +234,9 @@ def make_rule(name: str, process, **options) -> StepRule:
     Raises:
       ValueError: unknown name, or a rule for the other process kind.
     """
-    process = noise_process(process)
     if name == "ancestral":
         return ancestral(process, **options)
+    process = noise_process(process)
     if name not in RULES:
         raise ValueError(f"unknown step rule {name!r}; expected one of {RULE_NAMES}")
     return RULES[name](process, **options)

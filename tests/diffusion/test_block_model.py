@@ -31,6 +31,7 @@ from dllm_jax.config import (
 from dllm_jax.diffusion import BlockDiffusion, make_objective, token_nll, training_objective
 from dllm_jax.evaluation.eval_step import batch_loss
 from dllm_jax.nn import create_model
+from dllm_jax.sampling.ancestral import StaggeredAncestral, ancestral
 from dllm_jax.sharding import make_mesh
 
 V, L, B, BLOCK = 11, 16, 3, 4
@@ -249,3 +250,31 @@ def test_context_ar_weight_is_refused_where_the_clean_stream_is_no_ar_model(mode
                          noise=NoiseConfig(context_ar_weight=1.0))
     with pytest.raises(ValueError, match="context_ar_weight must be >= 0"):
         NoiseConfig(context_ar_weight=-0.1)
+
+
+def test_block_stagger_defines_the_bound_and_the_sampler_and_is_refused_elsewhere():
+    """``NoiseConfig.block_stagger`` reaches the evaluation objective (it defines the model,
+    as the block size does), survives the training recipe, selects the staggered ancestral
+    rule, and is refused where it has no meaning."""
+    model = ModelConfig(**BASE)
+    noise = NoiseConfig(block_stagger=0.5, t_low=0.3)
+    objective = make_objective(noise, V, model)
+    assert isinstance(objective, BlockDiffusion) and objective.stagger == 0.5
+    assert training_objective(noise, model, objective).stagger == 0.5
+    assert isinstance(ancestral(objective), StaggeredAncestral)
+    assert not isinstance(ancestral(make_objective(NoiseConfig(), V, model)), StaggeredAncestral)
+    tau_RC, rate_RC = objective.stagger_times(jnp.array([0.0, 0.3, 0.7, 1.0]))
+    # windows of block 4 at stagger 0.5 (w = 0.4): [0.6, 1], [0.4, 0.8], [0.2, 0.6], [0, 0.4]
+    np.testing.assert_allclose(tau_RC, [[0, 0, 0, 0], [0, 0, 0.25, 0.75], [0.25, 0.75, 1, 1], [1, 1, 1, 1]],
+                               atol=1e-6)
+    np.testing.assert_allclose(rate_RC[1], [0, 0, 2.5, 2.5])
+    for kw, match in ((dict(block_stagger=1.5), "block_stagger must be in"),
+                      (dict(block_stagger=0.5, process="uniform"), "needs process='masked'")):
+        with pytest.raises(ValueError, match=match):
+            NoiseConfig(**kw)
+    with pytest.raises(ValueError, match="for block-causal models"):
+        ExperimentConfig(name="stagger", model=ModelConfig(**{**BASE, "attention": "bidirectional", "block_size": 1}),
+                         data=DataConfig(vocab_size=V), train=TrainConfig(seq_len=16),
+                         noise=NoiseConfig(block_stagger=0.5))
+    with pytest.raises(ValueError, match="stagger must be in"):
+        BlockDiffusion(objective.process, BLOCK, stagger=-0.1)
