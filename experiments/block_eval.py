@@ -10,7 +10,7 @@
 * tokens/s at batch 1 for ``--length`` new tokens, diffusion (threshold) and AR measured
   back to back in this process;
 * ``--ancestral K ...``: the model's own ancestral sampler (``sampling.ancestral``, the
-  staggered clocks of a ``block_stagger`` model) at K steps per block, beside the rest.
+  staggered clocks of a ``block_stagger`` model, or ``--stagger``'s) at K steps per block.
 
     python -m experiments.block_eval --diffusion runs/block/adapt_block16 --ar runs/block/ar \\
         [--judge RUN] [--out benchmarks/block/speed_adapt_block16.json]
@@ -22,6 +22,7 @@ an optimistic reference).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -41,7 +42,8 @@ THRESHOLDS = (0.9, 0.5, 0.1)
 
 def speed_and_quality(diffusion_dir, ar_dir, *, judge_dir=None, length: int = 128, num_samples: int = 32,
                       batch_size: int = 16, thresholds=THRESHOLDS, temperatures=AR_TEMPERATURES,
-                      timing_samples: int = 4, tolerance: float = 0.10, ancestral_steps=(), log=print) -> dict:
+                      timing_samples: int = 4, tolerance: float = 0.10, ancestral_steps=(), stagger=None,
+                      log=print) -> dict:
     """The records and a summary. The summary's threshold is the one with the fewest passes
     per token whose gen ppl is within ``tolerance`` of one token per step (the highest
     threshold if none is); batch-1 speed is measured with it."""
@@ -65,7 +67,8 @@ def speed_and_quality(diffusion_dir, ar_dir, *, judge_dir=None, length: int = 12
         diff += diffusion_records(d_graphdef, d_params, {k: v for k, v in rules.items() if k != "one token per step"},
                                   [blk // 2], num_samples=num_samples, batch_size=batch_size, block_size=blk,
                                   cache="exact", log=log, **common)
-    anc = diffusion_records(d_graphdef, d_params, {"ancestral": ancestral(d_obj)}, list(ancestral_steps),
+    a_obj = d_obj if stagger is None else dataclasses.replace(d_obj, stagger=stagger)
+    anc = diffusion_records(d_graphdef, d_params, {"ancestral": ancestral(a_obj)}, list(ancestral_steps),
                             num_samples=num_samples, batch_size=batch_size, block_size=blk, cache="exact", log=log,
                             **common) if ancestral_steps else []
     log(f"=== AR ({ar_dir}) with its KV cache, temperatures {list(temperatures)}")
@@ -130,12 +133,14 @@ def main(argv=None):
                         help="AR sampling temperatures (AR gen ppl is interpolated at the diffusion entropy)")
     parser.add_argument("--ancestral", type=int, nargs="*", default=[],
                         help="also sample with the model's ancestral rule at these steps per block")
+    parser.add_argument("--stagger", type=float, help="the ancestral rule's clocks at this stagger instead of "
+                        "the model's own (NoiseConfig.block_stagger)")
     parser.add_argument("--out", help="write the records here as JSON")
     args = parser.parse_args(argv)
     result = speed_and_quality(args.diffusion, args.ar, judge_dir=args.judge, length=args.length,
                                num_samples=args.num_samples, batch_size=min(args.num_samples, 16),
                                thresholds=args.thresholds, temperatures=args.temperatures,
-                               ancestral_steps=args.ancestral)
+                               ancestral_steps=args.ancestral, stagger=args.stagger)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1, default=str))

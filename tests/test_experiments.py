@@ -10,8 +10,8 @@ from dllm_jax.data.corpus import embedded_corpus
 from dllm_jax.data.tfds_builder import build_local_tfds
 from dllm_jax.data.tool_task import registry, write_task
 from dllm_jax.training.loop import train, with_overrides
+from experiments import block_study, configs, sft, tool_eval
 from experiments import chat as chat_cli
-from experiments import configs, sft, tool_eval
 from experiments.cli import apply_overrides, experiment_from_args, experiment_parser
 from experiments.draft_acceptance import redraft_passes_per_token, tokens_per_pass
 
@@ -176,6 +176,11 @@ def test_quickstart_runs_its_three_phases_at_test_size(tmp_path, capsys):
     # one token per step with the exact cache: K = 4 passes per block, writes fused except the last
     assert summary["one_per_step_passes_per_token"] == pytest.approx((2 * 4 + 1) / 8)
     assert summary["batch1_tokens_per_s"] > 0 and summary["ar_batch1_tokens_per_s"] > 0
+    # the staggered re-evaluation at stagger 0 is the block NELBO that training reported
+    line = next(line for line in out.splitlines() if "+ block-4" in line).split()
+    printed = float(line[line.index("steps") + 1])
+    assert "stagger 1:" in out
+    assert block_study.staggered_bounds(tmp_path / "diffusion", (0.0,))["0"] == pytest.approx(printed, abs=1e-4)
 
 
 TINY = ["model.d_model=32", "model.num_layers=1", "model.num_heads=2", "model.mlp_dim=64", "train.steps=2",
