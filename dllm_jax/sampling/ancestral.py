@@ -138,6 +138,11 @@ class StaggeredAncestral(MaskedAncestral):
 
     objective: BlockDiffusion | None = None
 
+    def __post_init__(self):
+        if not isinstance(self.objective, BlockDiffusion) or not self.objective.stagger:
+            raise ValueError(f"StaggeredAncestral needs a staggered BlockDiffusion objective (its clocks), "
+                             f"got {self.objective!r}; use ancestral(objective)")
+
     def step(self, denoise, tokens_BL, t, s, keys_BL, state):
         batch, length = tokens_BL.shape
         C = self.objective.block_size

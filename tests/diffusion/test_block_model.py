@@ -278,3 +278,5 @@ def test_block_stagger_defines_the_bound_and_the_sampler_and_is_refused_elsewher
                          noise=NoiseConfig(block_stagger=0.5))
     with pytest.raises(ValueError, match="stagger must be in"):
         BlockDiffusion(objective.process, BLOCK, stagger=-0.1)
+    with pytest.raises(ValueError, match="needs a staggered BlockDiffusion"):
+        StaggeredAncestral(objective.process)
