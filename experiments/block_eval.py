@@ -74,7 +74,7 @@ def speed_and_quality(diffusion_dir, ar_dir, *, judge_dir=None, length: int = 12
     log(f"=== AR ({ar_dir}) with its KV cache, temperatures {list(temperatures)}")
     ar = ar_records(a_graphdef, a_params, temperatures, num_samples=num_samples, batch_size=batch_size, log=log,
                     **common)
-    diff, anc = matched_entropy(diff, ar), matched_entropy(anc, ar) if anc else []
+    diff, anc = matched_entropy(diff, ar), matched_entropy(anc, ar)
     for r in diff + anc:
         r["passes_per_token"] = r["nfe"] / length
     base, fits = diff[0], [r for r in diff[1:] if r["gen_ppl"] <= (1 + tolerance) * diff[0]["gen_ppl"]]

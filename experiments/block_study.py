@@ -166,6 +166,28 @@ def run_one(name: str, exp: ExperimentConfig, runs: Path) -> dict:
     return record
 
 
+def masked_block_sums(exp, graphdef, params, batches, visibles) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per block position: (sum of NLLs, scored tokens) over ``batches``, each block given the
+    clean past with its first v positions shown and the rest masked, for each v in
+    ``visibles`` (one compile for all of them)."""
+    blk, mask_id = exp.model.block_size, exp.model.special.mask
+
+    @jax.jit
+    def sums(p, tokens_BL, mask_BL, visible):
+        B, L = tokens_BL.shape
+        shown_BL = jnp.where(jnp.arange(L) % blk >= visible, mask_id, tokens_BL)
+        logits = nnx.merge(graphdef, p, copy=True)(shown_BL, None, clean_BL=tokens_BL)
+        per_BL = jnp.where(mask_BL, token_nll(logits, tokens_BL, exp.model.num_tokens), 0.0)
+        return per_BL.reshape(B, L // blk, blk).sum((0, 1)), mask_BL.reshape(B, L // blk, blk).sum((0, 1))
+
+    out = {v: (np.zeros(blk), np.zeros(blk)) for v in visibles}
+    for batch in batches:
+        for v in visibles:
+            s, c = sums(params, batch["tokens"], batch["loss_mask"], v)
+            out[v] = (out[v][0] + np.asarray(s), out[v][1] + np.asarray(c))
+    return out
+
+
 def position_nll(run_dir: Path, num_batches: int = 8) -> list[float]:
     """NLL of each position of a block (nats), every block fully masked, given the clean past.
 
@@ -175,21 +197,8 @@ def position_nll(run_dir: Path, num_batches: int = 8) -> list[float]:
     """
     exp, graphdef, params, tok, _, _ = load_run(run_dir)
     mesh = make_mesh(exp.mesh)
-    blk, mask_id = exp.model.block_size, exp.model.special.mask
-
-    @jax.jit
-    def nll(p, tokens_BL, mask_BL):
-        model = nnx.merge(graphdef, p, copy=True)
-        logits = model(jnp.full_like(tokens_BL, mask_id), None, clean_BL=tokens_BL)
-        per_BL = jnp.where(mask_BL, token_nll(logits, tokens_BL, exp.model.num_tokens), 0.0)
-        B, L = tokens_BL.shape
-        return per_BL.reshape(B, L // blk, blk).sum((0, 1)), mask_BL.reshape(B, L // blk, blk).sum((0, 1))
-
-    total, count = 0.0, 0.0
     with jax.set_mesh(mesh):
-        for batch in eval_batches(exp, tok, mesh)[:num_batches]:
-            s, c = nll(params, batch["tokens"], batch["loss_mask"])
-            total, count = total + np.asarray(s), count + np.asarray(c)
+        total, count = masked_block_sums(exp, graphdef, params, eval_batches(exp, tok, mesh)[:num_batches], [0])[0]
     return [float(x) for x in total / count]
 
 
@@ -229,39 +238,17 @@ def ar_lookahead_nll(run_dir: Path, block_size: int = 4, starts=range(16, 128, 1
     return [float(x) for x in totals / count]
 
 
-def left_to_right_nll(run_dir: Path) -> float:
-    """A masked block run's NLL (nats per token) with each block revealed left to right:
-    position k of a block scored with positions < k shown and >= k masked, given the clean
-    past. The stagger-1 bound exactly (no time or mask sampling; block_size passes a batch)."""
-    exp, graphdef, params, tok, _, _ = load_run(run_dir)
-    mesh = make_mesh(exp.mesh)
-    blk, mask_id = exp.model.block_size, exp.model.special.mask
-
-    @jax.jit
-    def nll(p, tokens_BL, mask_BL, k):
-        offset_L = jnp.arange(tokens_BL.shape[1]) % blk
-        logits = nnx.merge(graphdef, p, copy=True)(jnp.where(offset_L >= k, mask_id, tokens_BL), None,
-                                                   clean_BL=tokens_BL)
-        scored_BL = mask_BL & (offset_L == k)
-        return jnp.where(scored_BL, token_nll(logits, tokens_BL, exp.model.num_tokens), 0.0).sum(), scored_BL.sum()
-
-    total, count = 0.0, 0
-    with jax.set_mesh(mesh):
-        for batch in eval_batches(exp, tok, mesh):
-            for k in range(blk):
-                s, c = nll(params, batch["tokens"], batch["loss_mask"], k)
-                total, count = total + float(s), count + int(c)
-    return total / count
-
-
 def staggered_bounds(run_dir: Path, staggers=(0.0, 0.25, 0.5, 0.75, 1.0), time_points: int | None = None,
-                     with_ci: bool = False) -> dict:
+                     with_ci: bool = False, left_to_right: bool = False) -> dict:
     """A masked block run's validation bound (nats per token) under each stagger of the
     clocks: the same network, the generative processes that reveal its blocks in orders
     biased left to right by that much (the evaluation of training, with the stagger swapped;
     ``time_points`` strata, default the run's). ``with_ci``: (bound, 95% CI half-width) each.
     A position is scored only in its clock's window (1 / (1 + g (C - 1)) of t): at large
-    blocks and g the estimate needs many more time points than g = 0 does."""
+    blocks and g the estimate needs many more time points than g = 0 does.
+
+    ``left_to_right``: also ``"left_to_right"``, the stagger-1 bound exactly: position k of
+    each block scored with positions < k shown, >= k masked (no time or mask sampling)."""
     exp, graphdef, params, tok, objective, _ = load_run(run_dir)
     mesh = make_mesh(exp.mesh)
     batches = eval_batches(exp, tok, mesh)
@@ -270,6 +257,10 @@ def staggered_bounds(run_dir: Path, staggers=(0.0, 0.25, 0.5, 0.75, 1.0), time_p
         eval_fn = make_eval_step(dataclasses.replace(objective, stagger=g), graphdef, mesh, seed=exp.train.seed)
         r = stratified_likelihood(eval_fn, params, batches, time_points or exp.loop.eval_time_points)
         out[f"{g:g}"] = (r.nats_per_token, r.ci95) if with_ci else r.nats_per_token
+    if left_to_right:
+        with jax.set_mesh(mesh):
+            sums = masked_block_sums(exp, graphdef, params, batches, range(exp.model.block_size))
+        out["left_to_right"] = float(sum(s[k] for k, (s, _) in sums.items()) / sum(c[k] for k, (_, c) in sums.items()))
     return out
 
 
@@ -328,11 +319,11 @@ def main(argv=None):
     if args.rebound:
         bounds = {}
         for run in args.rebound:
-            bounds[run] = staggered_bounds(Path(run), time_points=args.time_points, with_ci=True)
-            shown = " / ".join(f"{g}: {x:.3f} +- {ci:.3f}" for g, (x, ci) in bounds[run].items())
-            bounds[run]["left_to_right"] = left_to_right_nll(Path(run))
+            b = bounds[run] = staggered_bounds(Path(run), time_points=args.time_points, with_ci=True,
+                                               left_to_right=True)
+            shown = " / ".join(f"{g}: {x:.3f} +- {ci:.3f}" for g, (x, ci) in b.items() if g != "left_to_right")
             print(f"{run}: bound by stagger {shown} | left to right, exactly (= stagger 1): "
-                  f"{bounds[run]['left_to_right']:.3f}", flush=True)
+                  f"{b['left_to_right']:.3f}", flush=True)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "rebound.json").write_text(json.dumps(bounds, indent=1))
         return
